@@ -1,0 +1,1 @@
+"""HF cross-encoder -> validated ONNX -> Triton model repository."""

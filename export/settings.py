@@ -1,0 +1,127 @@
+"""Typed settings shared by the export, the repository renderer and the serving steps.
+
+Every knob that ends up in a ``config.pbtxt`` lives here, once. Settings are frozen,
+keyword-only dataclasses; closed choices are enums. Nothing reads the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+DEFAULT_MODEL_ID = "BAAI/bge-reranker-v2-m3"
+
+
+class Profile(str, Enum):
+    """Where ``reranker_model`` runs (see DESIGN.md, "Model repository profiles")."""
+
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+    CPU = "cpu"
+
+
+class Overflow(str, Enum):
+    """What the tokenizer step does with a passage longer than the token budget."""
+
+    TRUNCATE = "truncate"  # FlagReranker parity: cut the passage (``only_second``)
+    WINDOW = "window"  # overlapping windows, score = max over the windows
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
+# Names of the tensors along the ensemble. They are the contract between the
+# tokenizer step, the model step and the aggregation step; every profile uses them.
+QUERY = "query"
+DOCUMENTS = "documents"
+SCORES = "scores"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"  # only for models whose tokenizer emits it (BERT)
+DOCUMENT_INDEX = "document_index"  # window mode: which document each row belongs to
+LOGITS = "logits"
+
+ENSEMBLE_NAME = "reranker"
+TOKENIZER_MODEL_NAME = "reranker_tokenizer"
+CORE_MODEL_NAME = "reranker_model"
+SCORES_MODEL_NAME = "reranker_scores"  # window mode only: max over windows
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerSettings:
+    """Pair encoding and request limits of the ``reranker_tokenizer`` step."""
+
+    max_length: int = 512
+    """Tokens per (query, passage) pair, special tokens included (FlagReranker ``max_length``)."""
+    query_max_length: int | None = None
+    """Query tokens kept; ``None`` means ``max_length * 3 // 4`` as in FlagReranker."""
+    overflow: Overflow = Overflow.TRUNCATE
+    window_stride: int = 256
+    """Window mode: passage tokens between the starts of two consecutive windows."""
+    length_buckets: tuple[int, ...] = (64, 128, 256, 512)
+    """Sequence lengths the batch is padded to, so concurrent requests share a dynamic batch."""
+    max_documents: int = 64
+    max_query_bytes: int = 8 * 1024
+    max_document_bytes: int = 64 * 1024
+    max_request_bytes: int = 2 * 1024 * 1024
+
+    @property
+    def effective_query_max_length(self) -> int:
+        return self.query_max_length if self.query_max_length is not None else self.max_length * 3 // 4
+
+    @property
+    def effective_length_buckets(self) -> tuple[int, ...]:
+        """Buckets up to ``max_length``, always ending at ``max_length`` itself."""
+        kept = sorted({b for b in self.length_buckets if b < self.max_length})
+        return (*kept, self.max_length)
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8, got {self.max_length}")
+        qml = self.effective_query_max_length
+        if not 1 <= qml < self.max_length - 4:
+            raise ValueError(f"query_max_length must be in [1, max_length - 4), got {qml}")
+        if self.window_stride < 1:
+            raise ValueError(f"window_stride must be positive, got {self.window_stride}")
+        if not self.length_buckets or any(b < 1 for b in self.length_buckets):
+            raise ValueError(f"length_buckets must be positive integers, got {self.length_buckets}")
+        if self.max_documents < 1:
+            raise ValueError(f"max_documents must be positive, got {self.max_documents}")
+        for name in ("max_query_bytes", "max_document_bytes", "max_request_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingSettings:
+    """Everything the repository renderer needs besides the exported files."""
+
+    profile: Profile = Profile.TENSORRT
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    max_batch_size: int = 128
+    """Rows (pairs or windows) per ``reranker_model`` execution; bounds rows per request."""
+    max_queue_delay_us: int = 1000
+    """How long dynamic batching waits for more requests to merge."""
+    tokenizer_instances: int = 2
+    model_instances: int = 1
+    precision: Precision = Precision.FP16
+    """Engine/ONNX precision for the GPU profiles; the ``cpu`` profile always runs FP32."""
+    ort_intra_op_threads: int = 0
+    """onnxruntime intra-op threads for the ``cpu`` profile; 0 lets onnxruntime use every core."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < self.tokenizer.max_documents:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) must be >= max_documents "
+                f"({self.tokenizer.max_documents}): one request's rows must fit one model execution"
+            )
+        if self.max_queue_delay_us < 0:
+            raise ValueError("max_queue_delay_us must be >= 0")
+        if self.tokenizer_instances < 1 or self.model_instances < 1:
+            raise ValueError("instance counts must be positive")
+
+    @property
+    def model_precision(self) -> Precision:
+        return Precision.FP32 if self.profile is Profile.CPU else self.precision

@@ -1,0 +1,1 @@
+"""Locust load tests, SLO gate and benchmarks."""

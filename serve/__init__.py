@@ -1,0 +1,1 @@
+"""Local Triton server launcher."""
