@@ -1,0 +1,268 @@
+"""What the sync and the asyncio client share: options, request codec, deadlines, retry bookkeeping."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from .config import (
+    DOCUMENTS,
+    ENSEMBLE_NAME,
+    MAX_DOCUMENTS_PARAMETER,
+    QUERY,
+    SCORES,
+    TOKENIZER_MODEL_NAME,
+    ChannelArgs,
+    Compression,
+    LoadBalancing,
+    RetryPolicy,
+    TLSConfig,
+    channel_args,
+)
+from .errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    RerankerError,
+    ServerError,
+    ServerUnavailableError,
+    translate,
+)
+from .ranking import RerankResult, check_texts, rank, sigmoid
+
+log = logging.getLogger("reranker_client")
+
+DEFAULT_TIMEOUT_S = 10.0
+
+# What a tritonclient call can raise for a failed RPC (it converts grpc.RpcError itself).
+RPC_ERRORS = (InferenceServerException, grpc.RpcError)
+
+
+class Deadline:
+    """A point on the monotonic clock that every attempt and backoff of one call must respect."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.start = time.monotonic()
+        self.end = self.start + timeout_s
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+class RetryState:
+    """Bookkeeping for one request's attempts; the sync and async loops only differ in how they wait."""
+
+    def __init__(self, policy: RetryPolicy, deadline: Deadline, what: str, rng: random.Random) -> None:
+        self.policy = policy
+        self.deadline = deadline
+        self.what = what
+        self.rng = rng
+        self.attempts = 0
+
+    def attempt_timeout(self) -> float:
+        """Seconds the next attempt may take; raises when the deadline has already passed."""
+        remaining = self.deadline.remaining()
+        if remaining <= 0:
+            raise DeadlineExceededError(
+                f"{self.what}: deadline of {self.deadline.timeout_s:g} s passed before the request was sent",
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        self.attempts += 1
+        return remaining
+
+    def on_error(self, error: BaseException) -> tuple[RerankerError, float | None]:
+        """The mapped error, and the delay before retrying (``None``: raise the error now)."""
+        mapped = translate(error, context=self.what)
+        if not isinstance(mapped, ServerUnavailableError):
+            return mapped, None
+        delay = self.policy.backoff_s(self.attempts, self.rng)
+        if self.policy.allows(self.attempts) and delay < self.deadline.remaining():
+            log.info("%s: UNAVAILABLE on attempt %d, retrying in %.3f s", self.what, self.attempts, delay)
+            return mapped, delay
+        gave_up = ServerUnavailableError(
+            f"{mapped} (gave up after {self.attempts} attempt(s) in {self.deadline.elapsed():.2f} s)",
+            code=mapped.code,
+        )
+        return gave_up, None
+
+
+class ClientCore:
+    """Options and the request/response codec, free of I/O."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str,
+        limits_model: str,
+        timeout: float,
+        tls: TLSConfig | None,
+        retries: RetryPolicy,
+        compression: Compression,
+        load_balancing: LoadBalancing,
+        max_documents: int | None,
+        headers: Mapping[str, str] | None,
+        channel_args: ChannelArgs | None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        if max_documents is not None and max_documents < 1:
+            raise ValueError(f"max_documents must be >= 1, got {max_documents}")
+        self.url = url
+        self.model = model
+        self.limits_model = limits_model
+        self.timeout = timeout
+        self.tls = tls
+        self.retries = retries
+        self.compression = compression
+        self.load_balancing = load_balancing
+        self.max_documents_override = max_documents
+        self.headers = dict(headers) if headers else None
+        self.extra_channel_args = channel_args
+        self.rng = random.Random()
+        self.outputs = [grpcclient.InferRequestedOutput(SCORES)]
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for tritonclient's (sync or aio) ``InferenceServerClient``."""
+        kwargs: dict[str, Any] = {
+            "channel_args": channel_args(
+                load_balancing=self.load_balancing,
+                retries=self.retries,
+                tls=self.tls,
+                extra=self.extra_channel_args,
+            )
+        }
+        if self.tls is not None:
+            kwargs.update(
+                ssl=True,
+                root_certificates=self.tls.root_certificates,
+                private_key=self.tls.private_key,
+                certificate_chain=self.tls.certificate_chain,
+            )
+        return kwargs
+
+    def deadline(self, timeout: float | None) -> Deadline:
+        return Deadline(self.timeout if timeout is None else timeout)
+
+    def infer_kwargs(self, inputs: list[grpcclient.InferInput], attempt_timeout: float) -> dict[str, Any]:
+        return {
+            "model_name": self.model,
+            "inputs": inputs,
+            "outputs": self.outputs,
+            "client_timeout": attempt_timeout,
+            "headers": self.headers,
+            "compression_algorithm": self.compression.algorithm,
+        }
+
+    def retry_state(self, deadline: Deadline, what: str) -> RetryState:
+        return RetryState(self.retries, deadline, what, self.rng)
+
+    def describe(self, what: str) -> str:
+        return f"{what} {self.model!r} at {self.url}"
+
+
+def prepare(query: object, documents: object) -> list[str]:
+    """Validate types (``TypeError``) before any network work."""
+    return check_texts(query, documents)
+
+
+def _encode(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates cannot travel as UTF-8
+        raise InvalidInputError(f"{what} is not valid Unicode text: {exc}") from exc
+
+
+def build_inputs(query: str, documents: Sequence[str]) -> list[grpcclient.InferInput]:
+    """The ``query`` [1] and ``documents`` [N] BYTES tensors of one ensemble request."""
+    query_tensor = grpcclient.InferInput(QUERY, [1], "BYTES")
+    query_tensor.set_data_from_numpy(np.array([_encode(query, "query")], dtype=np.object_))
+    encoded = np.empty(len(documents), dtype=np.object_)
+    encoded[:] = [_encode(document, "a document") for document in documents]
+    documents_tensor = grpcclient.InferInput(DOCUMENTS, [len(documents)], "BYTES")
+    documents_tensor.set_data_from_numpy(encoded)
+    return [query_tensor, documents_tensor]
+
+
+def decode_scores(result: grpcclient.InferResult, expected: int) -> npt.NDArray[np.float32]:
+    """The ``scores`` output as float32 [N], checked against the number of documents sent."""
+    scores = result.as_numpy(SCORES)
+    if scores is None:
+        raise ServerError(f"the response has no {SCORES!r} output")
+    if scores.shape != (expected,):
+        raise ServerError(f"expected {SCORES!r} of shape ({expected},), got {scores.shape}")
+    return scores.astype(np.float32, copy=False)
+
+
+def parse_max_documents(config: model_config_pb2.ModelConfig) -> int | None:
+    """The server's documents-per-request limit from the tokenizer's config, ``None`` if it has none."""
+    parameter = config.parameters.get(MAX_DOCUMENTS_PARAMETER)
+    if parameter is None or not parameter.string_value:
+        return None
+    try:
+        value = int(parameter.string_value)
+    except ValueError as exc:
+        raise ServerError(
+            f"model {config.name!r} has a non-integer {MAX_DOCUMENTS_PARAMETER!r}: {parameter.string_value!r}"
+        ) from exc
+    if value < 1:
+        raise ServerError(f"model {config.name!r} has {MAX_DOCUMENTS_PARAMETER}={value}")
+    return value
+
+
+def finish_scores(raw: npt.NDArray[np.float32], normalize: bool) -> npt.NDArray[np.floating[Any]]:
+    return sigmoid(raw) if normalize else raw
+
+
+def finish_rerank(
+    raw: npt.NDArray[np.float32],
+    documents: Sequence[str],
+    *,
+    top_n: int | None,
+    normalize: bool,
+    return_documents: bool,
+) -> list[RerankResult]:
+    values = finish_scores(raw, normalize)
+    return rank(values, documents if return_documents else None, top_n=top_n)
+
+
+def check_top_n(top_n: int | None) -> None:
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+        raise ValueError(f"top_n must be a non-negative int or None, got {top_n!r}")
+
+
+def merge(parts: Iterable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    chunks = list(parts)
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "ENSEMBLE_NAME",
+    "RPC_ERRORS",
+    "TOKENIZER_MODEL_NAME",
+    "ClientCore",
+    "Deadline",
+    "RetryState",
+    "build_inputs",
+    "check_top_n",
+    "decode_scores",
+    "finish_rerank",
+    "finish_scores",
+    "merge",
+    "parse_max_documents",
+    "prepare",
+]

@@ -1,0 +1,133 @@
+"""Connection settings of the reranker client: retries, TLS, compression, load balancing."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+# The contract of the ensemble (DESIGN.md). Kept here rather than imported from
+# reranker_export.settings so the client installs without the export side; a test
+# keeps both equal.
+ENSEMBLE_NAME = "reranker"
+TOKENIZER_MODEL_NAME = "reranker_tokenizer"
+QUERY = "query"
+DOCUMENTS = "documents"
+SCORES = "scores"
+MAX_DOCUMENTS_PARAMETER = "max_documents"
+
+ChannelArgs = list[tuple[str, Any]]
+
+
+class Compression(str, Enum):
+    """gRPC message compression for requests (the server answers uncompressed)."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    DEFLATE = "deflate"
+
+    @property
+    def algorithm(self) -> str | None:
+        """The value tritonclient's ``compression_algorithm`` expects."""
+        return None if self is Compression.NONE else self.value
+
+
+class LoadBalancing(str, Enum):
+    """gRPC client-side load-balancing policy across the addresses a target resolves to."""
+
+    ROUND_ROBIN = "round_robin"
+    PICK_FIRST = "pick_first"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TLSConfig:
+    """TLS for the channel. Paths to PEM files; all ``None`` uses the system roots."""
+
+    root_certificates: str | None = None
+    private_key: str | None = None
+    """Client key, for mutual TLS (with ``certificate_chain``)."""
+    certificate_chain: str | None = None
+    server_name_override: str | None = None
+    """Name checked against the server certificate, when it differs from the target host."""
+
+    def __post_init__(self) -> None:
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("mutual TLS needs both private_key and certificate_chain")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Retries on UNAVAILABLE only: exponential backoff with jitter, bounded by the call's deadline.
+
+    The n-th retry waits ``min(max_backoff_s, initial_backoff_s * multiplier**(n-1))`` scaled by a
+    uniform factor in ``[1 - jitter, 1 + jitter]``, and never past the deadline.
+    """
+
+    max_attempts: int | None = None
+    """Attempts per request, the first included; ``None``: as many as the deadline allows."""
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1 or None, got {self.max_attempts}")
+        if not 0 < self.initial_backoff_s <= self.max_backoff_s:
+            raise ValueError("need 0 < initial_backoff_s <= max_backoff_s")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+
+    @classmethod
+    def disabled(cls) -> RetryPolicy:
+        return cls(max_attempts=1)
+
+    def backoff_s(self, retry: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
+        if retry < 1:
+            raise ValueError("retry numbers start at 1")
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry - 1))
+        factor = (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
+        return base * factor
+
+    def allows(self, attempts_made: int) -> bool:
+        return self.max_attempts is None or attempts_made < self.max_attempts
+
+
+def channel_args(
+    *,
+    load_balancing: LoadBalancing,
+    retries: RetryPolicy,
+    tls: TLSConfig | None = None,
+    extra: ChannelArgs | None = None,
+) -> ChannelArgs:
+    """Channel arguments for tritonclient's ``channel_args``.
+
+    tritonclient drops its own defaults (unlimited message size, keepalive) as soon as
+    ``channel_args`` is given, so they are rebuilt here from its own constants first.
+    """
+    keepalive = KeepAliveOptions()
+    args: dict[str, Any] = {
+        "grpc.max_send_message_length": MAX_GRPC_MESSAGE_SIZE,
+        "grpc.max_receive_message_length": MAX_GRPC_MESSAGE_SIZE,
+        "grpc.keepalive_time_ms": keepalive.keepalive_time_ms,
+        "grpc.keepalive_timeout_ms": keepalive.keepalive_timeout_ms,
+        "grpc.keepalive_permit_without_calls": keepalive.keepalive_permit_without_calls,
+        "grpc.http2.max_pings_without_data": keepalive.http2_max_pings_without_data,
+        "grpc.lb_policy_name": load_balancing.value,
+        # gRPC backs reconnection off up to 120 s by default; while disconnected every RPC fails
+        # fast, so a restarted replica would stay unused long after it is back. Keep the channel's
+        # reconnect backoff in step with the retry backoff.
+        "grpc.initial_reconnect_backoff_ms": max(1, round(retries.initial_backoff_s * 1000)),
+        "grpc.max_reconnect_backoff_ms": max(1, round(retries.max_backoff_s * 1000)),
+    }
+    if tls is not None and tls.server_name_override is not None:
+        args["grpc.ssl_target_name_override"] = tls.server_name_override
+    for key, value in extra or ():
+        args[key] = value
+    return list(args.items())

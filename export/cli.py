@@ -1,0 +1,182 @@
+"""``reranker-export``: a thin CLI over :func:`reranker_export.pipeline.export_model`.
+
+    reranker-export --model BAAI/bge-reranker-v2-m3 --profile tensorrt --output repo/
+    reranker-export render --profile tensorrt --output model_repository/   (configs and code, no weights)
+    reranker-export make-test-model DIR [--kind xlm-roberta|bert]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import ExportError
+from .settings import DEFAULT_MODEL_ID, Overflow, Precision, Profile, ServingSettings, TokenizerSettings
+
+PROG = "reranker-export"
+
+
+def _progress(started: float) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _buckets(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServingSettings()
+    tok = TokenizerSettings()
+    group = parser.add_argument_group("serving settings (rendered into config.pbtxt)")
+    group.add_argument("--profile", type=Profile, choices=list(Profile), default=defaults.profile,
+                       help="where reranker_model runs (default: %(default)s)")
+    group.add_argument("--max-length", type=int, default=tok.max_length,
+                       help="tokens per (query, passage) pair (default: %(default)s)")
+    group.add_argument("--query-max-length", type=int, default=None,
+                       help="query tokens kept (default: max_length * 3 // 4)")
+    group.add_argument("--overflow", type=Overflow, choices=list(Overflow), default=tok.overflow,
+                       help="long passages: truncate (FlagReranker parity) or score windows (default: %(default)s)")
+    group.add_argument("--window-stride", type=int, default=tok.window_stride,
+                       help="window mode: tokens between window starts (default: %(default)s)")
+    group.add_argument("--length-buckets", type=_buckets, default=tok.length_buckets,
+                       help="comma-separated padding lengths (default: %(default)s)")
+    group.add_argument("--max-documents", type=int, default=tok.max_documents,
+                       help="documents per request (default: %(default)s)")
+    group.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                       help="rows per model execution (default: %(default)s)")
+    group.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us,
+                       help="dynamic batching delay (default: %(default)s)")
+    group.add_argument("--tokenizer-instances", type=int, default=defaults.tokenizer_instances)
+    group.add_argument("--model-instances", type=int, default=defaults.model_instances)
+    group.add_argument("--precision", type=Precision, choices=list(Precision), default=defaults.precision,
+                       help="GPU profiles' precision; the cpu profile always runs fp32 (default: %(default)s)")
+    group.add_argument("--ort-threads", type=int, default=defaults.ort_intra_op_threads,
+                       help="cpu profile: onnxruntime intra-op threads, 0 = all cores (default: %(default)s)")
+
+
+def _serving_settings(args: argparse.Namespace) -> ServingSettings:
+    return ServingSettings(
+        profile=args.profile,
+        tokenizer=TokenizerSettings(
+            max_length=args.max_length,
+            query_max_length=args.query_max_length,
+            overflow=args.overflow,
+            window_stride=args.window_stride,
+            length_buckets=args.length_buckets,
+            max_documents=args.max_documents,
+        ),
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        tokenizer_instances=args.tokenizer_instances,
+        model_instances=args.model_instances,
+        precision=args.precision,
+        ort_intra_op_threads=args.ort_threads,
+    )
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export a Hugging Face cross-encoder to validated ONNX and a Triton model repository. "
+        "Other commands: 'reranker-export render --help', 'reranker-export make-test-model --help'.",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="hub id or local directory (default: %(default)s)")
+    parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    parser.add_argument("--output", type=Path, required=True, help="model repository directory to write")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output repository")
+    parser.add_argument("--fp32-tolerance", type=float, default=1e-4,
+                        help="max |logit difference| ONNX Runtime vs PyTorch (default: %(default)s)")
+    parser.add_argument("--fp16-tolerance", type=float, default=5e-2,
+                        help="max |logit difference| FP16 vs FP32 (default: %(default)s)")
+    _add_serving_arguments(parser)
+    return parser
+
+
+def _render_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} render",
+        description="Render configs and python-model code of a repository without weights "
+        "(what model_repository/ in git holds).",
+    )
+    parser.add_argument("--output", type=Path, required=True)
+    _add_serving_arguments(parser)
+    return parser
+
+
+def _test_model_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} make-test-model",
+        description="Build a tiny trained cross-encoder with its own tokenizer, offline, in seconds.",
+    )
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--kind", default="xlm-roberta", choices=["xlm-roberta", "bert"])
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    started = time.perf_counter()
+    say = _progress(started)
+    if argv and argv[0] == "make-test-model":
+        args = _test_model_parser().parse_args(argv[1:])
+        from .testmodels import TestModelKind, build_test_model
+
+        path = build_test_model(args.directory, kind=TestModelKind(args.kind), seed=args.seed, progress=say)
+        print(path)
+        return 0
+    if argv and argv[0] == "render":
+        args = _render_parser().parse_args(argv[1:])
+        from .repository import render_repository
+
+        print(render_repository(args.output, _serving_settings(args)))
+        return 0
+
+    parser = _export_parser()
+    args = parser.parse_args(argv)
+    try:
+        serving = _serving_settings(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from .pipeline import ExportSettings, export_model
+
+    result = export_model(
+        ExportSettings(
+            model=args.model,
+            revision=args.revision,
+            output=args.output,
+            serving=serving,
+            fp32_tolerance=args.fp32_tolerance,
+            fp16_tolerance=args.fp16_tolerance,
+            force=args.force,
+        ),
+        progress=say,
+    )
+    print(result.repository)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except ExportError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # settings that cannot hold together
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

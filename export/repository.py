@@ -1,0 +1,274 @@
+"""Render a Triton model repository for one profile from typed settings.
+
+Configs are built as ``ModelConfig`` protobufs and written with ``text_format``; the python
+models' code is copied from ``triton_models/``. Weights are optional: without them the render
+is what ``model_repository/`` in git holds (configs and code only).
+
+Layout::
+
+    <repo>/reranker/config.pbtxt              ensemble: query, documents -> scores
+    <repo>/reranker_tokenizer/1/model.py      python backend + tokenizer.json
+    <repo>/reranker_model/...                 per profile (see ``_model_files``)
+    <repo>/reranker_scores/1/model.py         window mode only: max over windows
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .errors import RepositoryError
+from .settings import (
+    CORE_MODEL_NAME,
+    DOCUMENT_INDEX,
+    DOCUMENTS,
+    ENSEMBLE_NAME,
+    LOGITS,
+    QUERY,
+    SCORES,
+    SCORES_MODEL_NAME,
+    TOKENIZER_MODEL_NAME,
+    Overflow,
+    Profile,
+    ServingSettings,
+)
+from .tensorrt import ENGINE_FILENAME, ONNX_SUBDIR, build_engine_script
+
+CONFIG_FILENAME = "config.pbtxt"
+ONNX_FILENAME = "model.onnx"
+TOKENIZER_FILENAME = "tokenizer.json"
+VERSION = "1"
+KEEP_FILENAME = ".gitkeep"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSignature:
+    """What the exported model consumes, as the tokenizer step must produce it."""
+
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask")
+    pad_token_id: int = 1  # XLM-R's <pad>; BERT uses 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFiles:
+    """Files an export produced, copied into the repository. ``None`` renders configs and code only."""
+
+    onnx_path: Path
+    """The graph ``reranker_model`` runs (FP16 for the GPU profiles unless FP32 was asked for)."""
+    tokenizer_json: Path
+
+
+def _tensor(name: str, dtype: int, dims: Sequence[int]) -> dict[str, object]:
+    return {"name": name, "data_type": dtype, "dims": list(dims)}
+
+
+def _params(values: dict[str, object]) -> dict[str, mc.ModelParameter]:
+    return {key: mc.ModelParameter(string_value=str(value)) for key, value in values.items()}
+
+
+def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
+    tok = settings.tokenizer
+    outputs = [mc.ModelOutput(**_tensor(name, mc.TYPE_INT64, [-1, -1])) for name in signature.input_names]  # type: ignore[arg-type]
+    if tok.overflow is Overflow.WINDOW:
+        outputs.append(mc.ModelOutput(**_tensor(DOCUMENT_INDEX, mc.TYPE_INT32, [-1])))  # type: ignore[arg-type]
+    return mc.ModelConfig(
+        name=TOKENIZER_MODEL_NAME,
+        backend="python",
+        max_batch_size=0,
+        input=[
+            mc.ModelInput(**_tensor(QUERY, mc.TYPE_STRING, [1])),  # type: ignore[arg-type]
+            mc.ModelInput(**_tensor(DOCUMENTS, mc.TYPE_STRING, [-1])),  # type: ignore[arg-type]
+        ],
+        output=outputs,
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.tokenizer_instances)],
+        parameters=_params(
+            {
+                "tokenizer_file": TOKENIZER_FILENAME,
+                "max_length": tok.max_length,
+                "query_max_length": tok.effective_query_max_length,
+                "overflow": tok.overflow.value,
+                "window_stride": tok.window_stride,
+                "length_buckets": ",".join(str(b) for b in tok.effective_length_buckets),
+                "max_documents": tok.max_documents,
+                "max_rows": settings.max_batch_size,
+                "max_query_bytes": tok.max_query_bytes,
+                "max_document_bytes": tok.max_document_bytes,
+                "max_request_bytes": tok.max_request_bytes,
+                "model_inputs": ",".join(signature.input_names),
+                "pad_token_id": signature.pad_token_id,
+            }
+        ),
+    )
+
+
+def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
+    """``reranker_model``: the only step that batches across requests."""
+    config = mc.ModelConfig(
+        name=CORE_MODEL_NAME,
+        max_batch_size=settings.max_batch_size,
+        input=[mc.ModelInput(**_tensor(name, mc.TYPE_INT64, [-1])) for name in signature.input_names],  # type: ignore[arg-type]
+        # [batch, 1] as the graph computes it, seen as [batch] outside: the ensemble maps it
+        # straight to `scores` with no extra step in truncate mode.
+        output=[mc.ModelOutput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[1], reshape=mc.ModelTensorReshape(shape=[]))],
+        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=settings.max_queue_delay_us),
+    )
+    if settings.profile is Profile.TENSORRT:
+        config.platform = "tensorrt_plan"
+        config.default_model_filename = ENGINE_FILENAME
+        config.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=settings.model_instances)
+        )
+    elif settings.profile is Profile.ONNXRUNTIME:
+        config.platform = "onnxruntime_onnx"
+        config.default_model_filename = ONNX_FILENAME
+        config.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_GPU, count=settings.model_instances)
+        )
+    else:
+        config.backend = "python"
+        config.instance_group.append(
+            mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.model_instances)
+        )
+        for key, value in _params(
+            {
+                "model_file": ONNX_FILENAME,
+                "intra_op_threads": settings.ort_intra_op_threads,
+                "inter_op_threads": 1,
+                "graph_optimization_level": "ORT_ENABLE_ALL",
+            }
+        ).items():
+            config.parameters[key].CopyFrom(value)
+    return config
+
+
+def scores_config() -> mc.ModelConfig:
+    """Window mode: the score of a document is the maximum over its windows."""
+    return mc.ModelConfig(
+        name=SCORES_MODEL_NAME,
+        backend="python",
+        max_batch_size=0,
+        input=[
+            mc.ModelInput(**_tensor(LOGITS, mc.TYPE_FP32, [-1])),  # type: ignore[arg-type]
+            mc.ModelInput(**_tensor(DOCUMENT_INDEX, mc.TYPE_INT32, [-1])),  # type: ignore[arg-type]
+        ],
+        output=[mc.ModelOutput(**_tensor(SCORES, mc.TYPE_FP32, [-1]))],  # type: ignore[arg-type]
+        instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+    )
+
+
+def _step(model: str, inputs: Iterable[str], outputs: dict[str, str]) -> mc.ModelEnsembling.Step:
+    return mc.ModelEnsembling.Step(
+        model_name=model, model_version=-1, input_map={name: name for name in inputs}, output_map=outputs
+    )
+
+
+def ensemble_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
+    """The public contract: ``query`` BYTES [1], ``documents`` BYTES [N] -> ``scores`` FP32 [N]."""
+    window = settings.tokenizer.overflow is Overflow.WINDOW
+    tokenizer_outputs = {name: name for name in signature.input_names}
+    if window:
+        tokenizer_outputs[DOCUMENT_INDEX] = DOCUMENT_INDEX
+    steps = [
+        _step(TOKENIZER_MODEL_NAME, (QUERY, DOCUMENTS), tokenizer_outputs),
+        _step(CORE_MODEL_NAME, signature.input_names, {LOGITS: LOGITS if window else SCORES}),
+    ]
+    if window:
+        steps.append(_step(SCORES_MODEL_NAME, (LOGITS, DOCUMENT_INDEX), {SCORES: SCORES}))
+    return mc.ModelConfig(
+        name=ENSEMBLE_NAME,
+        platform="ensemble",
+        max_batch_size=0,
+        input=[
+            mc.ModelInput(**_tensor(QUERY, mc.TYPE_STRING, [1])),  # type: ignore[arg-type]
+            mc.ModelInput(**_tensor(DOCUMENTS, mc.TYPE_STRING, [-1])),  # type: ignore[arg-type]
+        ],
+        output=[mc.ModelOutput(**_tensor(SCORES, mc.TYPE_FP32, [-1]))],  # type: ignore[arg-type]
+        ensemble_scheduling=mc.ModelEnsembling(step=steps),
+    )
+
+
+def build_configs(settings: ServingSettings, signature: ModelSignature) -> dict[str, mc.ModelConfig]:
+    """Every model of the repository by name, in load order."""
+    configs = {
+        TOKENIZER_MODEL_NAME: tokenizer_config(settings, signature),
+        CORE_MODEL_NAME: model_config(settings, signature),
+    }
+    if settings.tokenizer.overflow is Overflow.WINDOW:
+        configs[SCORES_MODEL_NAME] = scores_config()
+    configs[ENSEMBLE_NAME] = ensemble_config(settings, signature)
+    return configs
+
+
+def format_config(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def python_model_source(model_name: str) -> str:
+    """The code of a python-backend step, shipped as package data."""
+    return resources.files("reranker_export").joinpath("triton_models", model_name, "model.py").read_text("utf-8")
+
+
+def _copy(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise RepositoryError(f"{source} does not exist")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+
+
+def _copy_onnx(source: Path, target: Path) -> None:
+    """Copy a graph and, when it has one, its external-data sidecar (same relative name)."""
+    _copy(source, target)
+    sidecar = source.with_name(source.name + ".data")
+    if sidecar.is_file():
+        _copy(sidecar, target.with_name(target.name + ".data"))
+
+
+def render_repository(
+    output: Path,
+    settings: ServingSettings,
+    *,
+    signature: ModelSignature | None = None,
+    files: ModelFiles | None = None,
+) -> Path:
+    """Write the repository for ``settings.profile`` into ``output`` (created; existing configs replaced)."""
+    signature = signature or ModelSignature()
+    configs = build_configs(settings, signature)
+    output.mkdir(parents=True, exist_ok=True)
+    for name, config in configs.items():
+        model_dir = output / name
+        (model_dir / VERSION).mkdir(parents=True, exist_ok=True)
+        (model_dir / CONFIG_FILENAME).write_text(format_config(config), encoding="utf-8")
+        if config.backend == "python":
+            (model_dir / VERSION / "model.py").write_text(python_model_source(name), encoding="utf-8")
+
+    if settings.profile is Profile.TENSORRT:
+        script = output / CORE_MODEL_NAME / "build_engine.sh"
+        script.write_text(build_engine_script(settings, signature), encoding="utf-8")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    if files is not None:
+        _copy(files.tokenizer_json, output / TOKENIZER_MODEL_NAME / VERSION / TOKENIZER_FILENAME)
+        if settings.profile is Profile.TENSORRT:
+            # The engine is built on the GPU node from this graph (build_engine.sh), never shipped.
+            _copy_onnx(files.onnx_path, output / CORE_MODEL_NAME / ONNX_SUBDIR / ONNX_FILENAME)
+        else:
+            _copy_onnx(files.onnx_path, output / CORE_MODEL_NAME / VERSION / ONNX_FILENAME)
+
+    # Triton needs a version directory per model even when it holds nothing yet (the ensemble,
+    # or reranker_model before its engine is built); git keeps it only with a file in it.
+    for name in configs:
+        version_dir = output / name / VERSION
+        if not any(version_dir.iterdir()):
+            (version_dir / KEEP_FILENAME).write_text("", encoding="utf-8")
+    return output

@@ -1,0 +1,229 @@
+"""Locust load test of the ``reranker`` ensemble over gRPC, with an SLO gate.
+
+Run it through ``reranker-loadtest`` (defaults, verdict table), or with Locust's own CLI::
+
+    locust -f loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --host 127.0.0.1:8001 \\
+        --csv report/stats --html report/report.html --slo-p95-ms 200
+
+Each simulated user is a closed-loop client: it sends one request (a query and
+``--candidates`` passages from the repeatable workload), waits for the scores and sends
+the next. Every call fires a Locust ``request`` event with its latency and response
+size; a failed call is reported with its gRPC status code. When the process quits,
+the SLO gate checks p95 latency and the failure ratio over the whole run and sets the
+exit code (on the master only in distributed mode, where the stats are aggregated).
+"""
+
+from __future__ import annotations
+
+# gRPC's C core must cooperate with gevent before any channel exists.
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import itertools  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from locust import User, events, task  # noqa: E402
+from locust.env import Environment  # noqa: E402
+from locust.runners import WorkerRunner  # noqa: E402
+from reranker_client import RerankerClient, RerankerError  # noqa: E402
+from reranker_loadtest.errors import LoadtestError  # noqa: E402
+from reranker_loadtest.slo import RunSummary, SloSettings, evaluate, format_verdict  # noqa: E402
+from reranker_loadtest.workload import (  # noqa: E402
+    DEFAULT_CANDIDATES,
+    DEFAULT_SEED,
+    LengthDistribution,
+    RerankRequest,
+    Workload,
+    WorkloadSettings,
+)
+
+logger = logging.getLogger("reranker_loadtest")
+
+REQUEST_TYPE = "grpc"
+
+
+class GrpcRequestFailed(Exception):
+    """A failed call as Locust records it: grouped by gRPC status code and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+    def __repr__(self) -> str:  # Locust groups failures by repr
+        return f"GrpcRequestFailed({self.args[0]!r})"
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("reranker", "Workload, target model and SLO gate of the reranker test")
+    group.add_argument("--model-name", default="reranker", help="Triton model (the ensemble) to call")
+    group.add_argument(
+        "--request-timeout-s", type=float, default=30.0, help="Deadline of one call, in seconds"
+    )
+    group.add_argument(
+        "--candidates", type=int, default=DEFAULT_CANDIDATES, help="Passages per request (default 50)"
+    )
+    group.add_argument(
+        "--query-words",
+        default="uniform:8-32",
+        help="Query length distribution in words: KIND:LOW-HIGH, KIND uniform or normal",
+    )
+    group.add_argument(
+        "--document-words", default="normal:100-300", help="Passage length distribution in words"
+    )
+    group.add_argument(
+        "--languages",
+        default="",
+        help="Comma-separated languages of the generated text (default: every bundled word list)",
+    )
+    group.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Workload seed (repeatable runs)")
+    group.add_argument(
+        "--request-pool",
+        type=int,
+        default=64,
+        help="Distinct requests generated per process before the run and sent in turn",
+    )
+    group.add_argument("--slo-p95-ms", type=float, default=200.0, help="SLO: p95 latency bound in ms")
+    group.add_argument(
+        "--slo-max-failure-ratio", type=float, default=0.0, help="SLO: highest share of failed requests"
+    )
+    group.add_argument(
+        "--slo-report", default="", help="Write the SLO verdict as JSON to this file when the run ends"
+    )
+
+
+def workload_settings(options: Any) -> WorkloadSettings:
+    """The workload Locust's parsed options describe."""
+    languages = tuple(x.strip() for x in options.languages.split(",") if x.strip()) or None
+    return WorkloadSettings(
+        candidates=options.candidates,
+        query_words=LengthDistribution.parse(options.query_words),
+        document_words=LengthDistribution.parse(options.document_words),
+        languages=languages,
+        seed=options.seed,
+    )
+
+
+class _RequestPool:
+    """Pre-generated requests shared by the users of one process, handed out in turn."""
+
+    def __init__(self) -> None:
+        self.requests: list[RerankRequest] = []
+        self._next = itertools.count()
+
+    def fill(self, environment: Environment) -> None:
+        options = environment.parsed_options
+        assert options is not None  # test_start only fires once options are parsed
+        size = max(1, options.request_pool)
+        worker_index = getattr(environment.runner, "worker_index", 0) or 0
+        # Workers of a distributed run send different (still repeatable) requests.
+        start = max(0, worker_index) * size
+        self.requests = Workload(workload_settings(options)).requests(size, start=start)
+        self._next = itertools.count()
+
+    def take(self) -> RerankRequest:
+        return self.requests[next(self._next) % len(self.requests)]
+
+
+_POOL = _RequestPool()
+
+
+@events.init.add_listener
+def _check_options(environment: Environment, **_: Any) -> None:
+    """Refuse bad workload or SLO options with one line, before any user starts."""
+    options = environment.parsed_options
+    if options is None:
+        return
+    try:
+        workload_settings(options)
+        SloSettings(p95_ms=options.slo_p95_ms, max_failure_ratio=options.slo_max_failure_ratio)
+    except LoadtestError as exc:
+        logger.error("invalid reranker options: %s", exc)
+        raise SystemExit(2) from None
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_: Any) -> None:
+    if environment.parsed_options is not None:
+        _POOL.fill(environment)
+
+
+class RerankerUser(User):
+    """One closed-loop caller of the ensemble, through the project's gRPC client."""
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        host = (self.host or "127.0.0.1:8001").removeprefix("grpc://")
+        self.client = RerankerClient(host, model=options.model_name, timeout=options.request_timeout_s)
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    def wait_time(self) -> float:
+        return 0.0
+
+    @task
+    def rerank(self) -> None:
+        request = _POOL.take()
+        start = time.perf_counter()
+        exception: Exception | None = None
+        response_length = 0
+        try:
+            scores = self.client.score(request.query, list(request.documents))
+            response_length = int(scores.nbytes)
+            if len(scores) != len(request.documents):
+                exception = GrpcRequestFailed(
+                    "BAD_RESPONSE", f"{len(scores)} scores for {len(request.documents)} documents"
+                )
+        except RerankerError as exc:
+            code = exc.code.name if exc.code is not None else "CLIENT_ERROR"
+            exception = GrpcRequestFailed(code, str(exc))
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE,
+            name=f"{self.environment.parsed_options.model_name}/score",
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=response_length,
+            exception=exception,
+            context={"language": request.language, "payload_bytes": request.payload_bytes},
+        )
+
+
+def run_summary(environment: Environment) -> RunSummary:
+    """Plain numbers of the whole run from Locust's (aggregated) stats."""
+    total = environment.stats.total
+    duration = 0.0
+    if total.last_request_timestamp is not None and total.start_time:
+        duration = max(0.0, total.last_request_timestamp - total.start_time)
+    failures_by_error = {e.error: e.occurrences for e in environment.stats.errors.values()}
+    requests = total.num_requests
+    return RunSummary(
+        requests=requests,
+        failures=total.num_failures,
+        p50_ms=float(total.get_response_time_percentile(0.50) or 0.0) if requests else 0.0,
+        p95_ms=float(total.get_response_time_percentile(0.95) or 0.0) if requests else 0.0,
+        p99_ms=float(total.get_response_time_percentile(0.99) or 0.0) if requests else 0.0,
+        duration_s=duration,
+        candidates=environment.parsed_options.candidates if environment.parsed_options else 0,
+        failures_by_error={str(k): int(v) for k, v in failures_by_error.items()},
+    )
+
+
+@events.quitting.add_listener
+def _slo_gate(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return  # workers hold a share of the stats; the master judges the aggregate
+    options = environment.parsed_options
+    slo = SloSettings(p95_ms=options.slo_p95_ms, max_failure_ratio=options.slo_max_failure_ratio)
+    verdict = evaluate(run_summary(environment), slo)
+    logger.info("\n%s", format_verdict(verdict))
+    if options.slo_report:
+        verdict.write(Path(options.slo_report))
+    if not verdict.passed:
+        environment.process_exit_code = 1
+    elif environment.runner is not None and not environment.runner.exceptions:
+        # Within the SLO, tolerated failures must not turn the exit code red.
+        environment.process_exit_code = 0

@@ -1,0 +1,197 @@
+"""Run the Locust test headless with sensible defaults and collect its SLO verdict.
+
+Locust runs in a child process (``python -m locust``): it monkey-patches the standard
+library with gevent at import, which must not happen in the caller's process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import LoadtestError, TargetUnavailableError
+from .slo import SloSettings, Verdict
+from .workload import WorkloadSettings
+
+DEFAULT_TARGET = "127.0.0.1:8001"
+DEFAULT_USERS = 16
+DEFAULT_RUN_TIME_S = 60.0
+VERDICT_FILE = "verdict.json"
+HTML_FILE = "report.html"
+CSV_PREFIX = "stats"
+
+
+def locustfile_path() -> Path:
+    """The locustfile shipped in the package (for ``locust -f`` in distributed runs)."""
+    return Path(str(resources.files("reranker_loadtest").joinpath("locustfile.py")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadtestSettings:
+    target: str = DEFAULT_TARGET
+    """gRPC address of Triton, ``host:port``."""
+    model: str = "reranker"
+    users: int = DEFAULT_USERS
+    """Concurrent closed-loop callers."""
+    spawn_rate: float | None = None
+    """Users started per second; ``None`` starts them all in the first second."""
+    run_time_s: float = DEFAULT_RUN_TIME_S
+    request_timeout_s: float = 30.0
+    request_pool: int = 64
+    processes: int = 1
+    """Locust processes here: above 1, a master and ``processes`` workers (``-1``: one per core)."""
+    workload: WorkloadSettings = field(default_factory=WorkloadSettings)
+    slo: SloSettings = field(default_factory=SloSettings)
+    report_dir: Path = Path("loadtest-report")
+    live_stats: bool = False
+    """Print Locust's stats table every few seconds instead of only at the end."""
+    check_target: bool = True
+    """Check that the target serves the model before starting the load."""
+    extra_locust_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.users < 1:
+            raise LoadtestError(f"users must be positive, got {self.users}")
+        if self.spawn_rate is not None and self.spawn_rate <= 0:
+            raise LoadtestError(f"spawn rate must be positive, got {self.spawn_rate}")
+        if self.run_time_s < 1:
+            raise LoadtestError(f"run time must be at least 1 s, got {self.run_time_s}")
+        if self.request_timeout_s <= 0:
+            raise LoadtestError(f"request timeout must be positive, got {self.request_timeout_s}")
+        if self.request_pool < 1:
+            raise LoadtestError(f"request pool must be positive, got {self.request_pool}")
+        if self.processes == 0 or self.processes < -1:
+            raise LoadtestError(f"processes must be -1 or positive, got {self.processes}")
+
+    @property
+    def verdict_path(self) -> Path:
+        return self.report_dir / VERDICT_FILE
+
+    @property
+    def html_path(self) -> Path:
+        return self.report_dir / HTML_FILE
+
+    @property
+    def csv_prefix(self) -> Path:
+        return self.report_dir / CSV_PREFIX
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadtestResult:
+    exit_code: int
+    """Locust's exit code: 0 within the SLO, 1 when it is violated, other values when Locust failed."""
+    verdict: Verdict | None
+    """``None`` when Locust ended before judging the run (see its output)."""
+    report_dir: Path
+
+
+def locust_command(settings: LoadtestSettings) -> list[str]:
+    """The ``python -m locust`` command line the settings describe."""
+    w = settings.workload
+    spawn_rate = settings.spawn_rate if settings.spawn_rate is not None else float(settings.users)
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile_path()),
+        "--headless",
+        "--users",
+        str(settings.users),
+        "--spawn-rate",
+        f"{spawn_rate:g}",
+        "--run-time",
+        f"{max(1, round(settings.run_time_s))}s",
+        "--host",
+        settings.target,
+        "--stop-timeout",
+        f"{settings.request_timeout_s:g}",
+        "--csv",
+        str(settings.csv_prefix),
+        "--html",
+        str(settings.html_path),
+        "--model-name",
+        settings.model,
+        "--request-timeout-s",
+        f"{settings.request_timeout_s:g}",
+        "--candidates",
+        str(w.candidates),
+        "--query-words",
+        str(w.query_words),
+        "--document-words",
+        str(w.document_words),
+        "--languages",
+        ",".join(w.effective_languages),
+        "--seed",
+        str(w.seed),
+        "--request-pool",
+        str(settings.request_pool),
+        "--slo-p95-ms",
+        f"{settings.slo.p95_ms:g}",
+        "--slo-max-failure-ratio",
+        f"{settings.slo.max_failure_ratio:g}",
+        "--slo-report",
+        str(settings.verdict_path),
+    ]
+    if not settings.live_stats:
+        command.append("--only-summary")
+    if settings.processes != 1:
+        command += ["--processes", str(settings.processes)]
+    command += list(settings.extra_locust_args)
+    return command
+
+
+def check_target(target: str, model: str, *, timeout_s: float = 10.0) -> None:
+    """Raise :class:`TargetUnavailableError` unless ``target`` serves ``model`` and it is ready."""
+    # Imported here: tritonclient is only needed when a target is checked.
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        client = triton_grpc.InferenceServerClient(target)
+    except InferenceServerException as exc:
+        raise TargetUnavailableError(f"cannot connect to {target}: {exc.message()}") from exc
+    try:
+        if not client.is_model_ready(model, client_timeout=timeout_s):
+            raise TargetUnavailableError(f"model {model!r} is not ready on {target}")
+    except InferenceServerException as exc:
+        raise TargetUnavailableError(f"{target} does not answer: {exc.message()}") from exc
+    finally:
+        client.close()
+
+
+def run_loadtest(
+    settings: LoadtestSettings,
+    *,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    env: dict[str, str] | None = None,
+) -> LoadtestResult:
+    """Run Locust headless against ``settings.target`` and return its exit code and SLO verdict.
+
+    Locust's output goes to this process's stdout/stderr unless redirected.
+    """
+    if settings.check_target:
+        check_target(settings.target, settings.model)
+    settings.report_dir.mkdir(parents=True, exist_ok=True)
+    settings.verdict_path.unlink(missing_ok=True)  # a stale verdict must not pass for this run's
+    child_env = dict(os.environ if env is None else env)
+    # The workload text is multilingual; make Locust's own output UTF-8 whatever the locale.
+    child_env.setdefault("PYTHONIOENCODING", "utf-8")
+    completed = subprocess.run(locust_command(settings), stdout=stdout, stderr=stderr, env=child_env)
+    verdict = Verdict.read(settings.verdict_path) if settings.verdict_path.exists() else None
+    return LoadtestResult(exit_code=completed.returncode, verdict=verdict, report_dir=settings.report_dir)
+
+
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
+    """Split ``argv`` at ``--``: our options before it, Locust's own after it."""
+    args = list(argv)
+    if "--" in args:
+        at = args.index("--")
+        return args[:at], tuple(args[at + 1 :])
+    return args, ()
