@@ -32,6 +32,7 @@ from .config import (
 from .errors import (
     DeadlineExceededError,
     InvalidInputError,
+    ModelNotReadyError,
     RerankerError,
     ServerError,
     ServerUnavailableError,
@@ -155,6 +156,8 @@ class ClientCore:
         return kwargs
 
     def deadline(self, timeout: float | None) -> Deadline:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
         return Deadline(self.timeout if timeout is None else timeout)
 
     def infer_kwargs(self, inputs: list[grpcclient.InferInput], attempt_timeout: float) -> dict[str, Any]:
@@ -186,12 +189,18 @@ def _encode(text: str, what: str) -> bytes:
         raise InvalidInputError(f"{what} is not valid Unicode text: {exc}") from exc
 
 
-def build_inputs(query: str, documents: Sequence[str]) -> list[grpcclient.InferInput]:
+def encode(query: str, documents: Sequence[str]) -> tuple[bytes, list[bytes]]:
+    """UTF-8 bytes of the query and documents, before any network work (``InvalidInputError``)."""
+    return _encode(query, "query"), [_encode(document, "a document") for document in documents]
+
+
+def build_inputs(query: bytes, documents: Sequence[bytes]) -> list[grpcclient.InferInput]:
     """The ``query`` [1] and ``documents`` [N] BYTES tensors of one ensemble request."""
     query_tensor = grpcclient.InferInput(QUERY, [1], "BYTES")
-    query_tensor.set_data_from_numpy(np.array([_encode(query, "query")], dtype=np.object_))
+    query_tensor.set_data_from_numpy(np.array([query], dtype=np.object_))
+    # np.empty + slice assignment: np.array would try to read a list of bytes as a 2-D array.
     encoded = np.empty(len(documents), dtype=np.object_)
-    encoded[:] = [_encode(document, "a document") for document in documents]
+    encoded[:] = documents
     documents_tensor = grpcclient.InferInput(DOCUMENTS, [len(documents)], "BYTES")
     documents_tensor.set_data_from_numpy(encoded)
     return [query_tensor, documents_tensor]
@@ -249,6 +258,22 @@ def merge(parts: Iterable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
+def unreachable(exc: BaseException, what: str) -> bool:
+    """``False`` for a health probe that could not reach the server; raise any other failure."""
+    error = translate(exc, context=what)
+    if isinstance(error, (ServerUnavailableError, DeadlineExceededError)):
+        return False
+    raise error from exc
+
+
+def not_ready_error(core: ClientCore, reachable: bool, deadline: Deadline) -> RerankerError:
+    if reachable:
+        return ModelNotReadyError(
+            f"model {core.model!r} at {core.url} not ready after {deadline.elapsed():.1f} s"
+        )
+    return ServerUnavailableError(f"server {core.url} not reachable after {deadline.elapsed():.1f} s")
+
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "ENSEMBLE_NAME",
@@ -260,9 +285,12 @@ __all__ = [
     "build_inputs",
     "check_top_n",
     "decode_scores",
+    "encode",
     "finish_rerank",
     "finish_scores",
     "merge",
+    "not_ready_error",
     "parse_max_documents",
     "prepare",
+    "unreachable",
 ]

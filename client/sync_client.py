@@ -24,13 +24,6 @@ from .config import (
     RetryPolicy,
     TLSConfig,
 )
-from .errors import (
-    DeadlineExceededError,
-    ModelNotReadyError,
-    RerankerError,
-    ServerUnavailableError,
-    translate,
-)
 from .ranking import RerankResult, chunk_slices
 
 T = TypeVar("T")
@@ -158,8 +151,9 @@ class RerankerClient:
         deadline = self._core.deadline(timeout)
         if not texts:
             return np.empty(0, dtype=np.float32)
+        encoded_query, encoded = _core.encode(query, texts)
         parts = chunk_slices(len(texts), self._max_documents(deadline))
-        requests = [_core.build_inputs(query, texts[part]) for part in parts]
+        requests = [_core.build_inputs(encoded_query, encoded[part]) for part in parts]
         if len(requests) == 1:
             return self._infer(requests[0], len(texts), deadline)
         executor = self._pool()
@@ -234,21 +228,22 @@ class RerankerClient:
                 )
             )
         except RPC_ERRORS as exc:
-            return _unreachable(exc, self._core.describe("is_live"))
+            return _core.unreachable(exc, self._core.describe("is_live"))
 
     def is_ready(self, *, timeout: float | None = None) -> bool:
         """Whether the server and the model are ready; ``False`` when the server cannot be reached."""
         deadline = self._core.deadline(timeout)
         headers = self._core.headers
         try:
+            if not self._triton.is_server_ready(headers=headers, client_timeout=deadline.remaining()):
+                return False
             return bool(
-                self._triton.is_server_ready(headers=headers, client_timeout=max(deadline.remaining(), 0))
-                and self._triton.is_model_ready(
+                self._triton.is_model_ready(
                     self._core.model, headers=headers, client_timeout=max(deadline.remaining(), 0)
                 )
             )
         except RPC_ERRORS as exc:
-            return _unreachable(exc, self._core.describe("is_ready"))
+            return _core.unreachable(exc, self._core.describe("is_ready"))
 
     def wait_until_ready(self, *, timeout: float | None = None) -> None:
         """Poll readiness until the model is ready; raise when ``timeout`` passes first."""
@@ -261,20 +256,5 @@ class RerankerClient:
             polls += 1
             delay = self._core.retries.backoff_s(polls, self._core.rng)
             if delay >= deadline.remaining():
-                raise _not_ready(self._core, reachable, deadline)
+                raise _core.not_ready_error(self._core, reachable, deadline)
             time.sleep(delay)
-
-
-def _unreachable(exc: BaseException, what: str) -> bool:
-    error = translate(exc, context=what)
-    if isinstance(error, (ServerUnavailableError, DeadlineExceededError)):
-        return False
-    raise error from exc
-
-
-def _not_ready(core: ClientCore, reachable: bool, deadline: Deadline) -> RerankerError:
-    if reachable:
-        return ModelNotReadyError(
-            f"model {core.model!r} at {core.url} not ready after {deadline.elapsed():.1f} s"
-        )
-    return ServerUnavailableError(f"server {core.url} not reachable after {deadline.elapsed():.1f} s")

@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(list(sys.argv[1:] if argv is None else argv))
     except ExportError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # settings that cannot hold together
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -57,7 +57,6 @@ def _resolve_hub(model_id: str, revision: str | None) -> tuple[Path, str]:
         from huggingface_hub import HfApi, snapshot_download
         from huggingface_hub.errors import (
             GatedRepoError,
-            HfHubHTTPError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -75,7 +74,7 @@ def _resolve_hub(model_id: str, revision: str | None) -> tuple[Path, str]:
         ) from exc
     except RevisionNotFoundError as exc:
         raise ModelLoadError(f"{model_id} has no revision {revision!r}: check --revision") from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # httpx/requests/OS errors alike: the hub is out of reach
         raise ModelLoadError(
             f"cannot reach the Hugging Face hub for {model_id} ({type(exc).__name__}); "
             "work offline by passing a local model directory (--model DIR) or a pre-filled HF cache with HF_HUB_OFFLINE=1"

@@ -82,6 +82,7 @@ def export_onnx(
                 dynamic_shapes=dynamic_shapes,
                 external_data=external,
                 optimize=True,
+                verbose=False,
             )
             if program is None:  # pragma: no cover - dynamo=True always returns a program
                 raise OnnxExportError("torch.onnx.export returned no program")

@@ -114,9 +114,8 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
         name=CORE_MODEL_NAME,
         max_batch_size=settings.max_batch_size,
         input=[mc.ModelInput(**_tensor(name, mc.TYPE_INT64, [-1])) for name in signature.input_names],  # type: ignore[arg-type]
-        # [batch, 1] as the graph computes it, seen as [batch] outside: the ensemble maps it
-        # straight to `scores` with no extra step in truncate mode.
-        output=[mc.ModelOutput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[1], reshape=mc.ModelTensorReshape(shape=[]))],
+        # [rows, 1] as every backend computes it; the ensemble reshapes it to `scores` [N].
+        output=[mc.ModelOutput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[1])],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=settings.max_queue_delay_us),
     )
     if settings.profile is Profile.TENSORRT:
@@ -142,6 +141,7 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
                 "intra_op_threads": settings.ort_intra_op_threads,
                 "inter_op_threads": 1,
                 "graph_optimization_level": "ORT_ENABLE_ALL",
+                "pad_token_id": signature.pad_token_id,
             }
         ).items():
             config.parameters[key].CopyFrom(value)
@@ -155,7 +155,7 @@ def scores_config() -> mc.ModelConfig:
         backend="python",
         max_batch_size=0,
         input=[
-            mc.ModelInput(**_tensor(LOGITS, mc.TYPE_FP32, [-1])),  # type: ignore[arg-type]
+            mc.ModelInput(**_tensor(LOGITS, mc.TYPE_FP32, [-1, 1])),  # type: ignore[arg-type]
             mc.ModelInput(**_tensor(DOCUMENT_INDEX, mc.TYPE_INT32, [-1])),  # type: ignore[arg-type]
         ],
         output=[mc.ModelOutput(**_tensor(SCORES, mc.TYPE_FP32, [-1]))],  # type: ignore[arg-type]
@@ -189,7 +189,15 @@ def ensemble_config(settings: ServingSettings, signature: ModelSignature) -> mc.
             mc.ModelInput(**_tensor(QUERY, mc.TYPE_STRING, [1])),  # type: ignore[arg-type]
             mc.ModelInput(**_tensor(DOCUMENTS, mc.TYPE_STRING, [-1])),  # type: ignore[arg-type]
         ],
-        output=[mc.ModelOutput(**_tensor(SCORES, mc.TYPE_FP32, [-1]))],  # type: ignore[arg-type]
+        output=[
+            # Truncate mode maps the model's [rows, 1] logits straight to `scores`; Triton's core
+            # applies this reshape, so the contract's [N] holds for every backend.
+            mc.ModelOutput(name=SCORES, data_type=mc.TYPE_FP32, dims=[-1])
+            if window
+            else mc.ModelOutput(
+                name=SCORES, data_type=mc.TYPE_FP32, dims=[-1], reshape=mc.ModelTensorReshape(shape=[-1, 1])
+            )
+        ],
         ensemble_scheduling=mc.ModelEnsembling(step=steps),
     )
 

@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 from locust import User, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
-from reranker_client import RerankerClient, RerankerError  # noqa: E402
+from reranker_client import RerankerClient, RerankerError, RetryPolicy  # noqa: E402
 from reranker_loadtest.errors import LoadtestError  # noqa: E402
 from reranker_loadtest.slo import RunSummary, SloSettings, evaluate, format_verdict  # noqa: E402
 from reranker_loadtest.workload import (  # noqa: E402
@@ -152,16 +152,31 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         _POOL.fill(environment)
 
 
+_CLIENTS: dict[tuple[str, str, float], RerankerClient] = {}
+
+
+def _client(host: str, model: str, timeout_s: float) -> RerankerClient:
+    """One client (one gRPC channel) per process, shared by its users, as a service would hold it."""
+    key = (host, model, timeout_s)
+    if key not in _CLIENTS:
+        # No retries: a load test must see every UNAVAILABLE as a failure, not as latency.
+        _CLIENTS[key] = RerankerClient(host, model=model, timeout=timeout_s, retries=RetryPolicy.disabled())
+    return _CLIENTS[key]
+
+
+@events.test_stop.add_listener
+def _close_clients(**_: Any) -> None:
+    while _CLIENTS:
+        _CLIENTS.popitem()[1].close()
+
+
 class RerankerUser(User):
     """One closed-loop caller of the ensemble, through the project's gRPC client."""
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         host = (self.host or "127.0.0.1:8001").removeprefix("grpc://")
-        self.client = RerankerClient(host, model=options.model_name, timeout=options.request_timeout_s)
-
-    def on_stop(self) -> None:
-        self.client.close()
+        self.client = _client(host, options.model_name, options.request_timeout_s)
 
     def wait_time(self) -> float:
         return 0.0
@@ -180,7 +195,8 @@ class RerankerUser(User):
                     "BAD_RESPONSE", f"{len(scores)} scores for {len(request.documents)} documents"
                 )
         except RerankerError as exc:
-            code = exc.code.name if exc.code is not None else "CLIENT_ERROR"
+            # Client-side failures (e.g. a malformed response) have no status: name the error class.
+            code = exc.code.name if exc.code is not None else type(exc).__name__
             exception = GrpcRequestFailed(code, str(exc))
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE,

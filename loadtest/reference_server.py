@@ -26,7 +26,29 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 PROG = "python -m reranker_loadtest.reference_server"
+
+
+# Module level: FastAPI resolves the endpoint's (string) annotations in the module's globals.
+class RerankBody(BaseModel):
+    query: str
+    documents: list[str] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    normalize: bool = False
+
+
+class Result(BaseModel):
+    index: int
+    relevance_score: float
+
+
+class RerankResponse(BaseModel):
+    scores: list[float]
+    """One score per document, in input order (raw logits unless ``normalize``)."""
+    results: list[Result]
+    """Best first, at most ``top_n``."""
 
 
 class Scheduling(str, Enum):
@@ -62,21 +84,6 @@ def create_app(settings: ReferenceSettings) -> Any:
     import torch
     from fastapi import FastAPI, HTTPException
     from FlagEmbedding import FlagReranker
-    from pydantic import BaseModel, Field
-
-    class RerankBody(BaseModel):
-        query: str
-        documents: list[str] = Field(min_length=1)
-        top_n: int | None = Field(default=None, ge=1)
-        normalize: bool = False
-
-    class Result(BaseModel):
-        index: int
-        relevance_score: float
-
-    class RerankResponse(BaseModel):
-        scores: list[float]
-        results: list[Result]
 
     state: dict[str, Any] = {}
     lock = threading.Lock()
@@ -124,7 +131,7 @@ def create_app(settings: ReferenceSettings) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Reference reranker service: FastAPI POST /v1/rerank over FlagReranker, served by uvicorn.",
+        description="Reference reranker: FastAPI POST /v1/rerank over FlagReranker, served by uvicorn.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory")

@@ -148,21 +148,18 @@ def locust_command(settings: LoadtestSettings) -> list[str]:
 
 def check_target(target: str, model: str, *, timeout_s: float = 10.0) -> None:
     """Raise :class:`TargetUnavailableError` unless ``target`` serves ``model`` and it is ready."""
-    # Imported here: tritonclient is only needed when a target is checked.
-    import tritonclient.grpc as triton_grpc
-    from tritonclient.utils import InferenceServerException
+    from reranker_client import RerankerClient, RerankerError
 
     try:
-        client = triton_grpc.InferenceServerClient(target)
-    except InferenceServerException as exc:
-        raise TargetUnavailableError(f"cannot connect to {target}: {exc.message()}") from exc
-    try:
-        if not client.is_model_ready(model, client_timeout=timeout_s):
-            raise TargetUnavailableError(f"model {model!r} is not ready on {target}")
-    except InferenceServerException as exc:
-        raise TargetUnavailableError(f"{target} does not answer: {exc.message()}") from exc
-    finally:
-        client.close()
+        with RerankerClient(target, model=model, timeout=timeout_s) as client:
+            if client.is_live(timeout=timeout_s) and client.is_ready(timeout=timeout_s):
+                return
+            reachable = client.is_live(timeout=timeout_s)
+    except (RerankerError, ValueError) as exc:
+        raise TargetUnavailableError(f"cannot check {target}: {exc}") from exc
+    if not reachable:
+        raise TargetUnavailableError(f"no Triton server answers at {target}")
+    raise TargetUnavailableError(f"model {model!r} is not ready on {target}")
 
 
 def run_loadtest(

@@ -48,10 +48,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-verbose=1`.",
     )
     parser.add_argument("--model-repository", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, help="0 picks a free port")
-    parser.add_argument("--grpc-port", type=_port, default=DEFAULT_GRPC_PORT, help="0 picks a free port")
     parser.add_argument(
-        "--metrics-port", type=_port, default=DEFAULT_METRICS_PORT, help="0 picks a free port"
+        "--http-port",
+        type=_port,
+        default=DEFAULT_HTTP_PORT,
+        metavar="PORT",
+        help="default %(default)s; 0 picks a free port",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=_port,
+        default=DEFAULT_GRPC_PORT,
+        metavar="PORT",
+        help="default %(default)s; 0 picks a free port",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=DEFAULT_METRICS_PORT,
+        metavar="PORT",
+        help="default %(default)s; 0 picks a free port",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default %(default)s; 0.0.0.0 for all)"
@@ -66,7 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for every model to load (default %(default)s)",
     )
-    parser.add_argument("triton_args", nargs="*", metavar="-- TRITON_ARG", help=argparse.SUPPRESS)
     return parser
 
 
@@ -92,7 +107,11 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` belongs to tritonserver (argparse would try to parse `--flags`).
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:split])
+    triton_args = argv[split + 1 :]
     server = TritonServer(
         args.model_repository,
         http_port=args.http_port or None,
@@ -100,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_port=args.metrics_port or None,
         log_file=args.log_file,
         startup_timeout_s=args.timeout,
-        extra_args=args.triton_args,
+        extra_args=triton_args,
         host=args.host,
     )
     with _sigterm_as_exception():

@@ -508,7 +508,6 @@ class TritonServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=workdir,
                 start_new_session=True,  # own process group: the stubs can be killed with it
                 preexec_fn=_set_parent_death_signal(),
             )

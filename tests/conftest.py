@@ -2,39 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reranker_export.settings import Profile, ServingSettings, TokenizerSettings
-
-# Small but real settings for the tiny models: short buckets keep the CPU work low.
-TEST_TOKENIZER = TokenizerSettings(max_length=128, length_buckets=(32, 64, 128), max_documents=64)
-
-
-def serving_settings(profile: Profile = Profile.CPU, **overrides: Any) -> ServingSettings:
-    """Test serving settings; ``tokenizer=`` or tokenizer fields (``max_documents=16``) override."""
-    tokenizer_fields = {f.name for f in dataclasses.fields(TokenizerSettings)}
-    tok_overrides = {k: overrides.pop(k) for k in list(overrides) if k in tokenizer_fields}
-    tokenizer = overrides.pop("tokenizer", dataclasses.replace(TEST_TOKENIZER, **tok_overrides))
-    overrides.setdefault("max_batch_size", max(64, tokenizer.max_documents))
-    overrides.setdefault("tokenizer_instances", 1)
-    overrides.setdefault("max_queue_delay_us", 2000)
-    return ServingSettings(profile=profile, tokenizer=tokenizer, **overrides)
-
-
-def export_cpu_repository(model_dir: Path, output: Path, **overrides: Any) -> Path:
-    """Export ``model_dir`` into a ``cpu``-profile repository at ``output`` (FP32, validated)."""
-    from reranker_export.pipeline import ExportSettings, export_model
-
-    result = export_model(
-        ExportSettings(model=str(model_dir), output=output, serving=serving_settings(**overrides), force=True)
-    )
-    return result.repository
-
+from support import export_cpu_repository
 
 @pytest.fixture(scope="session")
 def xlmr_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

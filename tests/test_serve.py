@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from reranker_serve import (
     SERVER_FLAGS,
     ModelRepositoryError,
@@ -260,7 +259,8 @@ def test_server_error_picks_the_telling_line() -> None:
     # Lines as tritonserver 2.51 writes them on this CPU-only machine.
     log = [
         'E1122 04:18:43.527738 4000 server.cc:241] "CudaDriverHelper has not been initialized."',
-        'E1122 04:18:43.870305 4000 backend_model.cc:692] "ERROR: Failed to create instance: RuntimeError: x"',
+        'E1122 04:18:43.870305 4000 backend_model.cc:692] "ERROR: Failed to create instance: '
+        'RuntimeError: x"',
         "E1122 04:18:43.870409 4000 model_lifecycle.cc:642] \"failed to load 'm' version 1: Internal: "
         'RuntimeError: x\\n\\nAt:\\n  /r/m/1/model.py(3): initialize\\n"',
         "error: creating server: Internal - failed to load all models",
@@ -308,9 +308,10 @@ def test_cli_broken_repository_exits_with_one_line(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_cli_serves_until_sigterm(add_one_repo: Path, tmp_path: Path) -> None:
     log_file = tmp_path / "cli.log"
+    server_id = f"cli-test-{uuid.uuid4().hex[:8]}"  # passed through `--`, echoed in the server's options
     command = cli(
         "--model-repository", add_one_repo, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-        "--log-file", log_file,
+        "--log-file", log_file, "--", f"--id={server_id}",
     )  # fmt: skip
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         assert process.stdout is not None
@@ -323,11 +324,12 @@ def test_cli_serves_until_sigterm(add_one_repo: Path, tmp_path: Path) -> None:
         pid_match = re.search(r"\(pid (\d+)\)", text)
         grpc_match = re.search(r"gRPC:\s+(\S+)", text)
         http_match = re.search(r"HTTP:\s+(\S+)", text)
-        assert pid_match and grpc_match and http_match, text + process.stderr.read()
+        assert pid_match and grpc_match and http_match, text
         server_pid = int(pid_match[1])
         assert http_get(f"{http_match[1]}/v2/health/ready")[0] == 200
         np.testing.assert_array_equal(add_one(grpc_match[1], [1.0])[0], [2.0])
         assert f"log:     {log_file}" in text
+        assert re.search(rf"server_id\s*\|\s*{server_id}", log_file.read_text())
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0
         assert process.stderr is not None and process.stderr.read() == ""

@@ -86,7 +86,9 @@ class TritonPythonModel:
         self.onnx_output = OUTPUT_NAME if OUTPUT_NAME in outputs else next(iter(outputs))
         shape = outputs[self.onnx_output]
         if len(shape) > 2 or (len(shape) == 2 and isinstance(shape[1], int) and shape[1] != 1):
-            raise ValueError(f"the ONNX output {self.onnx_output!r} must be one logit per row, got shape {shape}")
+            raise ValueError(
+                f"the ONNX output {self.onnx_output!r} must be one logit per row, got shape {shape}"
+            )
         self.pad_values = {"input_ids": int(param("pad_token_id"))}  # attention_mask, token_type_ids pad 0
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -97,15 +99,29 @@ class TritonPythonModel:
                 batch.append((r, self._inputs(request)))
             except ValueError as exc:  # a malformed request is refused alone
                 responses[r] = _error(str(exc), invalid_argument=True)
-        if batch:
-            try:
-                logits = self._run([inputs for _, inputs in batch])
-            except Exception as exc:
-                for r, _ in batch:
-                    responses[r] = _error(f"reranker_model failed: {type(exc).__name__}: {exc}", False)
+        if not batch:
+            return responses
+        try:
+            results: list[np.ndarray | Exception] = list(self._run([inputs for _, inputs in batch]))
+        except Exception as exc:
+            if len(batch) == 1:
+                results = [exc]
             else:
-                for (r, _), out in zip(batch, logits):
-                    responses[r] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, out)])
+                # One request's rows can fail the whole run (e.g. ids outside the vocabulary from a
+                # direct caller): score each request alone so only that one fails.
+                results = []
+                for _, inputs in batch:
+                    try:
+                        results.extend(self._run([inputs]))
+                    except Exception as single:
+                        results.append(single)
+        for (r, _), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                responses[r] = _error(f"reranker_model failed: {type(result).__name__}: {result}", False)
+            else:
+                responses[r] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(OUTPUT_NAME, result)]
+                )
         return responses
 
     def _inputs(self, request: Any) -> dict[str, np.ndarray]:
@@ -133,7 +149,9 @@ class TritonPythonModel:
             for inputs in batch:
                 a = inputs[name]
                 if a.shape[1] < width:
-                    a = np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=self.pad_values.get(name, 0))
+                    a = np.pad(
+                        a, ((0, 0), (0, width - a.shape[1])), constant_values=self.pad_values.get(name, 0)
+                    )
                 parts.append(a)
             feed[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         (logits,) = self.session.run([self.onnx_output], feed)

@@ -59,7 +59,9 @@ class TritonPythonModel:
                 missing = np.flatnonzero(np.bincount(index) == 0)
                 if missing.size:
                     responses.append(
-                        _invalid_argument(f"documents {missing[:5].tolist()} have no rows in 'document_index'")
+                        _invalid_argument(
+                            f"documents {missing[:5].tolist()} have no rows in 'document_index'"
+                        )
                     )
                     continue
                 scores = max_per_document(logits, index)

@@ -64,29 +64,32 @@ def _internal_error(message: str) -> Any:
 class PairTemplate:
     """The special tokens around (query, passage) as the tokenizer's post-processor places them.
 
-    Derived once by post-processing two probe encodings and reading ``sequence_ids``: positions of
-    sequence 0 are the query, of sequence 1 the passage, ``None`` the special tokens.
+    Derived once by post-processing two probe encodings: the positions its
+    ``special_tokens_mask`` leaves unmarked are the query's tokens, then the passage's.
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         probe = tokenizer.encode_batch(["a b c", "d e f g"], add_special_tokens=False)
-        if not probe[0].ids or not probe[1].ids:
+        q_probe, p_probe = probe[0].ids, probe[1].ids
+        if not q_probe or not p_probe:
             raise ValueError("cannot derive the pair template: the tokenizer encodes probe text to nothing")
         pair = tokenizer.post_process(probe[0], probe[1], add_special_tokens=True)
-        seq = pair.sequence_ids
         ids, types = pair.ids, pair.type_ids
-        q_pos = [i for i, s in enumerate(seq) if s == 0]
-        p_pos = [i for i, s in enumerate(seq) if s == 1]
-        contiguous = (
-            q_pos == list(range(q_pos[0], q_pos[0] + len(probe[0].ids)))
-            and p_pos == list(range(p_pos[0], p_pos[0] + len(probe[1].ids)))
-            and q_pos[-1] < p_pos[0]
-            and len({types[i] for i in q_pos}) == 1
-            and len({types[i] for i in p_pos}) == 1
-        )
-        if not contiguous:
-            raise ValueError(f"unsupported pair template (sequence ids {seq}); expected specials, A, specials, B, specials")
-        a0, a1, b0, b1 = q_pos[0], q_pos[-1] + 1, p_pos[0], p_pos[-1] + 1
+        content = [i for i, special in enumerate(pair.special_tokens_mask) if not special]
+        q_pos, p_pos = content[: len(q_probe)], content[len(q_probe) :]
+        if (
+            [ids[i] for i in content] != q_probe + p_probe
+            or q_pos != list(range(q_pos[0], q_pos[0] + len(q_probe)))
+            or p_pos != list(range(p_pos[0], p_pos[0] + len(p_probe)))
+            or len({types[i] for i in q_pos}) != 1
+            or len({types[i] for i in p_pos}) != 1
+        ):
+            raise ValueError(
+                f"unsupported pair template (ids {ids}, special mask {pair.special_tokens_mask}); "
+                f"expected specials, query, specials, passage, specials"
+            )
+        a0, b0 = q_pos[0], p_pos[0]
+        a1, b1 = q_pos[-1] + 1, p_pos[-1] + 1
         self.prefix = np.asarray(ids[:a0], dtype=np.int64)
         self.middle = np.asarray(ids[a1:b0], dtype=np.int64)
         self.suffix = np.asarray(ids[b1:], dtype=np.int64)
@@ -139,8 +142,11 @@ class TritonPythonModel:
             raise ValueError(f"parameter overflow must be 'truncate' or 'window', got {self.overflow!r}")
         self.window_stride = int_param("window_stride")
         buckets_text = param("length_buckets")
-        buckets = [int(b) for b in buckets_text.split(",") if b.strip()] if buckets_text else [self.max_length]
-        if buckets != sorted(set(buckets)) or buckets[0] < 1 or buckets[-1] != self.max_length:
+        try:
+            buckets = [int(b) for b in buckets_text.split(",")] if buckets_text else [self.max_length]
+        except ValueError:
+            buckets = []
+        if not buckets or buckets != sorted(set(buckets)) or buckets[0] < 1 or buckets[-1] != self.max_length:
             raise ValueError(
                 f"length_buckets must be ascending positive integers ending at max_length "
                 f"({self.max_length}), got {buckets_text!r}"
@@ -155,7 +161,8 @@ class TritonPythonModel:
         unknown = [name for name in self.model_inputs if name not in KNOWN_MODEL_INPUTS]
         if unknown or "input_ids" not in self.model_inputs:
             raise ValueError(
-                f"model_inputs must include input_ids and name only {KNOWN_MODEL_INPUTS}, got {self.model_inputs}"
+                f"model_inputs must include input_ids and name only {', '.join(KNOWN_MODEL_INPUTS)}, "
+                f"got {self.model_inputs}"
             )
         if param("pad_token_id"):
             self.pad_token_id = int_param("pad_token_id", 0)
@@ -189,9 +196,13 @@ class TritonPythonModel:
         query_raw = query_tensor.as_numpy()
         documents_raw = documents_tensor.as_numpy()
         if query_raw.size != 1:
-            raise BadRequest(f"'query' must hold exactly one string (shape [1]), got shape {list(query_raw.shape)}")
+            raise BadRequest(
+                f"'query' must hold exactly one string (shape [1]), got shape {list(query_raw.shape)}"
+            )
         if documents_raw.ndim != 1:
-            raise BadRequest(f"'documents' must be a 1-D list of strings, got shape {list(documents_raw.shape)}")
+            raise BadRequest(
+                f"'documents' must be a 1-D list of strings, got shape {list(documents_raw.shape)}"
+            )
         n = documents_raw.shape[0]
         if n == 0:
             raise BadRequest("'documents' is empty: send at least one document")
@@ -253,17 +264,18 @@ class TritonPythonModel:
             for i, p in enumerate(passages):
                 if len(p) <= budget:
                     rows.append((i, 0, len(p)))
-                    continue
-                starts = list(range(0, len(p) - budget, stride))
-                starts.append(len(p) - budget)  # last window ends at the passage end
-                rows.extend((i, s, budget) for s in starts)
+                else:
+                    starts = list(range(0, len(p) - budget, stride))
+                    starts.append(len(p) - budget)  # the last window ends at the passage end
+                    rows.extend((i, s, budget) for s in starts)
                 if len(rows) > self.max_rows:
                     break
-            if len(rows) > self.max_rows:
-                raise BadRequest(
-                    f"the documents make more than {self.max_rows} windows (the model's max batch size); "
-                    f"send fewer or shorter documents per request (the client splits long lists)"
-                )
+        if len(rows) > self.max_rows:
+            what = "windows" if self.overflow == "window" else "pairs"
+            raise BadRequest(
+                f"the documents make more than {self.max_rows} {what} (the model's max batch size); "
+                f"send fewer or shorter documents per request (the client splits long lists)"
+            )
 
         head = np.concatenate([t.prefix, np.asarray(q_ids, dtype=np.int64), t.middle])
         a = len(head)

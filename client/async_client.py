@@ -1,0 +1,236 @@
+"""asyncio client: ``AsyncRerankerClient`` on ``tritonclient.grpc.aio``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+
+from . import _core
+from ._core import DEFAULT_TIMEOUT_S, RPC_ERRORS, ClientCore, Deadline
+from .config import (
+    ENSEMBLE_NAME,
+    TOKENIZER_MODEL_NAME,
+    ChannelArgs,
+    Compression,
+    LoadBalancing,
+    RetryPolicy,
+    TLSConfig,
+)
+from .ranking import RerankResult, chunk_slices
+
+T = TypeVar("T")
+
+
+class AsyncRerankerClient:
+    """asyncio gRPC client for the ``reranker`` ensemble; same options and results as ``RerankerClient``.
+
+    Create and use it inside one running event loop; many calls may be in flight at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str = ENSEMBLE_NAME,
+        limits_model: str = TOKENIZER_MODEL_NAME,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        tls: TLSConfig | None = None,
+        retries: RetryPolicy | None = None,
+        compression: Compression = Compression.NONE,
+        load_balancing: LoadBalancing = LoadBalancing.ROUND_ROBIN,
+        max_documents: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        channel_args: ChannelArgs | None = None,
+    ) -> None:
+        self._core = ClientCore(
+            url,
+            model=model,
+            limits_model=limits_model,
+            timeout=timeout,
+            tls=tls,
+            retries=retries if retries is not None else RetryPolicy(),
+            compression=compression,
+            load_balancing=load_balancing,
+            max_documents=max_documents,
+            headers=headers,
+            channel_args=channel_args,
+        )
+        self._triton = aioclient.InferenceServerClient(url, **self._core.connection_kwargs())
+        self._limit: int | None = max_documents
+        self._limit_known = max_documents is not None
+        self._limit_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncRerankerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; later calls fail."""
+        if not self._closed:
+            self._closed = True
+            await self._triton.close()
+
+    @property
+    def url(self) -> str:
+        return self._core.url
+
+    @property
+    def model(self) -> str:
+        return self._core.model
+
+    # -- ranking -----------------------------------------------------------------------------
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Iterable[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool = False,
+        return_documents: bool = False,
+        timeout: float | None = None,
+    ) -> list[RerankResult]:
+        """Rank ``documents`` for ``query``: best first, ties by input index, at most ``top_n``."""
+        _core.check_top_n(top_n)
+        texts = _core.prepare(query, documents)
+        raw = await self._scores(query, texts, timeout)
+        return _core.finish_rerank(
+            raw, texts, top_n=top_n, normalize=normalize, return_documents=return_documents
+        )
+
+    async def score(
+        self,
+        query: str,
+        documents: Iterable[str],
+        *,
+        normalize: bool = False,
+        timeout: float | None = None,
+    ) -> npt.NDArray[np.floating]:
+        """One score per document, in input order: float32 logits, or float64 sigmoids with ``normalize``."""
+        texts = _core.prepare(query, documents)
+        return _core.finish_scores(await self._scores(query, texts, timeout), normalize)
+
+    async def _scores(self, query: str, texts: list[str], timeout: float | None) -> npt.NDArray[np.float32]:
+        deadline = self._core.deadline(timeout)
+        if not texts:
+            return np.empty(0, dtype=np.float32)
+        encoded_query, encoded = _core.encode(query, texts)
+        parts = chunk_slices(len(texts), await self._max_documents(deadline))
+        requests = [_core.build_inputs(encoded_query, encoded[part]) for part in parts]
+        if len(requests) == 1:
+            return await self._infer(requests[0], len(texts), deadline)
+        tasks = [
+            asyncio.ensure_future(self._infer(inputs, part.stop - part.start, deadline))
+            for inputs, part in zip(requests, parts, strict=True)
+        ]
+        try:
+            return _core.merge(await asyncio.gather(*tasks))
+        except BaseException:
+            # One split request failed (or the caller was cancelled): stop the others too.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _infer(
+        self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline
+    ) -> npt.NDArray[np.float32]:
+        async def attempt(attempt_timeout: float) -> grpcclient.InferResult:
+            return await self._triton.infer(**self._core.infer_kwargs(inputs, attempt_timeout))
+
+        result = await self._retrying(attempt, deadline, self._core.describe("infer"))
+        return _core.decode_scores(result, count)
+
+    async def _retrying(self, call: Callable[[float], Awaitable[T]], deadline: Deadline, what: str) -> T:
+        state = self._core.retry_state(deadline, what)
+        while True:
+            attempt_timeout = state.attempt_timeout()
+            try:
+                return await call(attempt_timeout)
+            except RPC_ERRORS as exc:
+                error, delay = state.on_error(exc)
+                if delay is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+
+    # -- server limits and health ------------------------------------------------------------
+
+    async def max_documents(self, *, timeout: float | None = None) -> int | None:
+        """Documents per request the server accepts (read once from the tokenizer's config)."""
+        return await self._max_documents(self._core.deadline(timeout))
+
+    async def _max_documents(self, deadline: Deadline) -> int | None:
+        if self._limit_known:
+            return self._limit
+        if self._limit_lock is None:
+            self._limit_lock = asyncio.Lock()
+        async with self._limit_lock:
+            if not self._limit_known:
+                what = f"get_model_config {self._core.limits_model!r} at {self._core.url}"
+
+                async def attempt(attempt_timeout: float) -> Any:
+                    return await self._triton.get_model_config(
+                        self._core.limits_model, headers=self._core.headers, client_timeout=attempt_timeout
+                    )
+
+                response = await self._retrying(attempt, deadline, what)
+                self._limit = _core.parse_max_documents(response.config)
+                self._limit_known = True
+            return self._limit
+
+    async def is_live(self, *, timeout: float | None = None) -> bool:
+        """Whether the server answers its liveness probe; ``False`` when it cannot be reached."""
+        try:
+            return bool(
+                await self._triton.is_server_live(
+                    headers=self._core.headers, client_timeout=self._core.deadline(timeout).remaining()
+                )
+            )
+        except RPC_ERRORS as exc:
+            return _core.unreachable(exc, self._core.describe("is_live"))
+
+    async def is_ready(self, *, timeout: float | None = None) -> bool:
+        """Whether the server and the model are ready; ``False`` when the server cannot be reached."""
+        deadline = self._core.deadline(timeout)
+        headers = self._core.headers
+        try:
+            if not await self._triton.is_server_ready(headers=headers, client_timeout=deadline.remaining()):
+                return False
+            return bool(
+                await self._triton.is_model_ready(
+                    self._core.model, headers=headers, client_timeout=max(deadline.remaining(), 0)
+                )
+            )
+        except RPC_ERRORS as exc:
+            return _core.unreachable(exc, self._core.describe("is_ready"))
+
+    async def wait_until_ready(self, *, timeout: float | None = None) -> None:
+        """Poll readiness until the model is ready; raise when ``timeout`` passes first."""
+        deadline = self._core.deadline(timeout)
+        polls = 0
+        while True:
+            reachable = await self.is_live(timeout=max(deadline.remaining(), 1e-3))
+            if reachable and await self.is_ready(timeout=max(deadline.remaining(), 1e-3)):
+                return
+            polls += 1
+            delay = self._core.retries.backoff_s(polls, self._core.rng)
+            if delay >= deadline.remaining():
+                raise _core.not_ready_error(self._core, reachable, deadline)
+            await asyncio.sleep(delay)

@@ -1,0 +1,219 @@
+"""Export pipeline: ONNX parity, FP16, failures as named errors, the CLI, the full-size architecture."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from reranker_export import cli
+from reranker_export.errors import Fp16ToleranceError, ModelLoadError, ParityError, RepositoryError
+from reranker_export.manifest import read_manifest, sha256_file
+from reranker_export.pipeline import ExportSettings, export_model
+from reranker_export.settings import Profile
+
+from support import serving_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "reranker_export.cli"]
+
+
+def _export(model_dir: Path, output: Path, profile: Profile, **overrides: object) -> dict:
+    result = export_model(
+        ExportSettings(model=str(model_dir), output=output, serving=serving_settings(profile, **overrides))
+    )
+    return result.manifest
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "bert"])
+def test_export_fp32_and_fp16_parity(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    model_dir = request.getfixturevalue(f"{kind}_model_dir")
+    manifest = _export(model_dir, tmp_path / "repo", Profile.TENSORRT)
+
+    fp32 = manifest["validation"]["fp32"]
+    assert fp32["max_abs_diff"] <= 1e-4
+    assert fp32["pairs"] >= 50
+    fp16 = manifest["validation"]["fp16"]
+    assert fp16["max_abs_diff"] <= 5e-2
+    assert fp16["top5_overlap"] >= 0.8
+    assert fp16["kendall_tau"] >= 0.8
+
+    model = onnx.load(str(tmp_path / "repo/reranker_model/onnx/model.onnx"))
+    graph = model.graph
+    expected_inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if kind == "bert" else [])
+    assert [i.name for i in graph.input] == expected_inputs
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in graph.input)
+    (logits,) = graph.output
+    assert logits.name == "logits" and logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # Dynamic batch and sequence axes, one logit per pair.
+    assert [d.dim_value or d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][0] != 1
+    assert logits.type.tensor_type.shape.dim[1].dim_value == 1
+    assert max(o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}) >= 17
+    ops = {node.op_type for node in graph.node}
+    assert "LayerNormalization" in ops
+    # The FP16 graph keeps LayerNormalization in FP32: its weights are FP32 initializers.
+    init_types = {init.name: init.data_type for init in graph.initializer}
+    ln_weights = [n.input[1] for n in graph.node if n.op_type == "LayerNormalization"]
+    assert ln_weights and all(init_types.get(w, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for w in ln_weights)
+    assert onnx.TensorProto.FLOAT16 in set(init_types.values())
+
+
+def test_manifest_records_model_hashes_settings_and_versions(cpu_repository: Path) -> None:
+    manifest = read_manifest(cpu_repository)
+    assert manifest["profile"] == "cpu" and manifest["precision"] == "fp32"
+    assert manifest["settings"]["tokenizer"]["max_length"] == 128
+    assert {"torch", "transformers", "onnx", "onnxruntime", "tokenizers"} <= set(manifest["libraries"])
+    files = manifest["files"]
+    assert "reranker_model/1/model.onnx" in files and "reranker_tokenizer/1/tokenizer.json" in files
+    for rel, digest in files.items():
+        assert sha256_file(cpu_repository / rel) == digest
+    assert manifest["validation"]["fp32"]["max_abs_diff"] <= 1e-4
+
+
+def test_tensorrt_manifest_has_engine_command(xlmr_model_dir: Path, tmp_path: Path) -> None:
+    manifest = _export(xlmr_model_dir, tmp_path / "repo", Profile.TENSORRT)
+    command = manifest["engine_build_command"]
+    assert command[0] == "trtexec" and "--stronglyTyped" in command
+    assert "--maxShapes=input_ids:64x128,attention_mask:64x128" in command
+    script = (tmp_path / "repo/reranker_model/build_engine.sh").read_text()
+    assert "trtexec" in script and "--stronglyTyped" in script
+    assert os.access(tmp_path / "repo/reranker_model/build_engine.sh", os.X_OK)
+
+
+def _perturbing_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the exported graph wrong on purpose: scale one weight matrix after export."""
+    from reranker_export import onnx_export, pipeline
+
+    real_export = onnx_export.export_onnx
+
+    def export_then_perturb(*args: object, **kwargs: object) -> Path:
+        path = real_export(*args, **kwargs)  # type: ignore[arg-type]
+        graph = onnx.load(str(path))
+        biggest = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        values = onnx.numpy_helper.to_array(biggest) * 1.5
+        biggest.CopyFrom(onnx.numpy_helper.from_array(values.astype(values.dtype), biggest.name))
+        onnx.save(graph, str(path))
+        return path
+
+    monkeypatch.setattr(pipeline.onnx_export, "export_onnx", export_then_perturb)
+
+
+def test_perturbed_graph_fails_with_parity_error(
+    xlmr_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _perturbing_export(monkeypatch)
+    with pytest.raises(ParityError, match="differs from PyTorch"):
+        _export(xlmr_model_dir, tmp_path / "repo", Profile.CPU)
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_perturbed_graph_makes_cli_exit_non_zero(
+    xlmr_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _perturbing_export(monkeypatch)
+    code = cli.main(["--model", str(xlmr_model_dir), "--profile", "cpu", "--output", str(tmp_path / "r"),
+                     "--max-length", "128", "--length-buckets", "32,64"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("reranker-export: error: ParityError:")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_impossible_fp16_tolerance_fails(xlmr_model_dir: Path, tmp_path: Path) -> None:
+    settings = ExportSettings(
+        model=str(xlmr_model_dir),
+        output=tmp_path / "repo",
+        serving=serving_settings(Profile.ONNXRUNTIME),
+        fp16_tolerance=1e-9,
+    )
+    with pytest.raises(Fp16ToleranceError, match="tolerance"):
+        export_model(settings)
+
+
+def test_output_with_other_data_is_never_replaced(xlmr_model_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "precious"
+    output.mkdir()
+    (output / "notes.txt").write_text("keep me")
+    with pytest.raises(RepositoryError, match="not empty"):
+        _export(xlmr_model_dir, output, Profile.CPU)
+    with pytest.raises(RepositoryError, match="does not look like a model repository"):
+        export_model(ExportSettings(model=str(xlmr_model_dir), output=output, serving=serving_settings(), force=True))
+    assert (output / "notes.txt").read_text() == "keep me"
+
+
+def test_wrong_kind_of_model_is_a_named_error(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "three-labels")
+    with pytest.raises(ModelLoadError, match="3 output labels"):
+        _export(tmp_path / "three-labels", tmp_path / "repo", Profile.CPU)
+
+
+def _run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+def test_cli_help() -> None:
+    for argv in ([], ["render"], ["make-test-model"]):
+        proc = _run_cli(*argv, "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert "usage:" in proc.stdout
+
+
+def test_cli_export_smoke(xlmr_model_dir: Path, tmp_path: Path) -> None:
+    proc = _run_cli("--model", str(xlmr_model_dir), "--profile", "cpu", "--output", str(tmp_path / "repo"),
+                    "--max-length", "128", "--length-buckets", "32,64", "--max-batch-size", "64", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "repo")
+    assert "FP32 parity" in proc.stderr  # progress goes to stderr
+    manifest = json.loads((tmp_path / "repo/manifest.json").read_text())
+    assert manifest["validation"]["fp32"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("/nonexistent/model", "does not exist"),
+        ("BAAI/bge-reranker-v2-m3", "Hugging Face hub"),
+    ],
+)
+def test_cli_unloadable_model_fails_fast_with_one_line(model: str, message: str, tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}  # an empty cache: the hub is the only source
+    env.pop("HF_HUB_OFFLINE", None)
+    started = time.monotonic()
+    proc = _run_cli("--model", model, "--output", str(tmp_path / "repo"), timeout=60, env=env)
+    assert time.monotonic() - started < 30  # the issue's bound for failing instead of hanging
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("reranker-export: error: ModelLoadError:") and message in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_rejects_inconsistent_settings(tmp_path: Path) -> None:
+    proc = _run_cli("render", "--output", str(tmp_path / "r"), "--max-documents", "500", "--max-batch-size", "64")
+    assert proc.returncode == 2
+    assert "max_batch_size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_full_size_architecture_exports_with_external_data(tmp_path: Path) -> None:
+    script = REPO_ROOT / "tests/scripts/export_full_size.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("full-size export:", figures)
+    assert figures["parameters"] > 560_000_000
+    assert figures["data_bytes"] > 2 * 2**30  # external data: one sidecar beside a small graph
+    assert figures["graph_bytes"] < 50 * 2**20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert figures["max_abs_diff"] <= 1e-4
+    assert figures["peak_rss_gib"] < 8

@@ -1,0 +1,376 @@
+"""Load tests: workload generator, SLO gate, Locust runs against a real Triton, benchmark plumbing."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reranker_loadtest.errors import BenchmarkError, SloError, WorkloadError
+from reranker_loadtest.runner import LoadtestSettings, locust_command, run_loadtest, split_passthrough
+from reranker_loadtest.slo import RunSummary, SloSettings, Verdict, evaluate, format_verdict
+from reranker_loadtest.workload import (
+    Distribution,
+    LengthDistribution,
+    Workload,
+    WorkloadSettings,
+    available_languages,
+    word_list,
+)
+
+BIN = Path(sys.executable).parent
+SPACED = tuple(lang for lang in available_languages() if lang not in ("zh", "ja"))
+
+
+# -- workload --------------------------------------------------------------------------------
+
+
+def test_requests_are_a_function_of_seed_and_index() -> None:
+    a = Workload(WorkloadSettings(seed=7))
+    b = Workload(WorkloadSettings(seed=7))
+    assert a.request(5) == b.requests(10)[5]  # independent of what was generated before
+    assert a.requests(3, start=2) == [b.request(i) for i in (2, 3, 4)]
+    other = Workload(WorkloadSettings(seed=8))
+    assert other.request(5).documents != a.request(5).documents
+
+
+def test_default_workload_is_fifty_rag_sized_passages() -> None:
+    settings = WorkloadSettings(languages=SPACED, foreign_document_ratio=0.0)
+    assert (settings.candidates, settings.query_words.low, settings.query_words.high) == (50, 8, 32)
+    assert (settings.document_words.low, settings.document_words.high) == (100, 300)
+    doc_lengths, query_lengths = [], []
+    for request in Workload(settings).requests(20):
+        assert len(request.documents) == 50
+        query_lengths.append(len(request.query.split()))
+        doc_lengths += [len(d.split()) for d in request.documents]
+    assert min(query_lengths) >= 8 and max(query_lengths) <= 32
+    assert min(doc_lengths) >= 100 and max(doc_lengths) <= 300
+    # normal:100-300 centres on 200 words; uniform:8-32 spreads over the whole range
+    assert 190 <= sum(doc_lengths) / len(doc_lengths) <= 210
+    assert max(query_lengths) - min(query_lengths) >= 16
+
+
+def test_workload_text_is_multilingual_and_drawn_from_the_word_lists() -> None:
+    requests = Workload().requests(60)
+    assert {r.language for r in requests} == set(available_languages())
+    text = " ".join(d for r in requests for d in r.documents)
+    scripts = {unicodedata.name(ch).split()[0] for ch in text if ch.isalpha()}
+    assert {"LATIN", "CYRILLIC", "ARABIC", "CJK", "HIRAGANA"} <= scripts
+    german = next(r for r in requests if r.language == "de")
+    vocabulary = {w.lower() for w in word_list("de")}
+    words = [w.strip(".?").lower() for w in german.query.split()]
+    assert words and all(w in vocabulary for w in words)
+
+
+def test_foreign_documents_follow_their_ratio() -> None:
+    only_en = Workload(WorkloadSettings(languages=("en", "ru"), foreign_document_ratio=0.0, seed=3))
+    mixed = Workload(WorkloadSettings(languages=("en", "ru"), foreign_document_ratio=0.5, seed=3))
+
+    def cyrillic_share(w: Workload) -> float:
+        docs = [(r.language, d) for r in w.requests(10) for d in r.documents]
+        foreign = [lang == "en" and any("CYRILLIC" in unicodedata.name(c, "") for c in d) for lang, d in docs]
+        english = sum(lang == "en" for lang, _ in docs)
+        return sum(foreign) / max(1, english)
+
+    assert cyrillic_share(only_en) == 0.0
+    assert 0.3 <= cyrillic_share(mixed) <= 0.7
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("normal:100-300", LengthDistribution(kind=Distribution.NORMAL, low=100, high=300)),
+        ("uniform:8-32", LengthDistribution(kind=Distribution.UNIFORM, low=8, high=32)),
+        ("5-9", LengthDistribution(kind=Distribution.UNIFORM, low=5, high=9)),
+        ("12", LengthDistribution(kind=Distribution.UNIFORM, low=12, high=12)),
+    ],
+)
+def test_length_distribution_parses(text: str, expected: LengthDistribution) -> None:
+    assert LengthDistribution.parse(text) == expected
+    assert LengthDistribution.parse(str(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "zipf:1-5", "10-5", "0-3", "normal:ten"])
+def test_bad_length_distributions_are_refused(text: str) -> None:
+    with pytest.raises(WorkloadError):
+        LengthDistribution.parse(text)
+
+
+def test_bad_workload_settings_are_refused() -> None:
+    with pytest.raises(WorkloadError, match="klingon"):
+        WorkloadSettings(languages=("klingon",))
+    with pytest.raises(WorkloadError):
+        WorkloadSettings(candidates=0)
+    with pytest.raises(WorkloadError):
+        WorkloadSettings(foreign_document_ratio=1.5)
+
+
+# -- SLO gate --------------------------------------------------------------------------------
+
+
+def _summary(**overrides: Any) -> RunSummary:
+    values: dict[str, Any] = dict(
+        requests=100, failures=0, p50_ms=50.0, p95_ms=150.0, p99_ms=180.0, duration_s=10.0, candidates=50
+    )
+    values.update(overrides)
+    return RunSummary(**values)
+
+
+def test_slo_gate_passes_within_bounds_and_fails_outside() -> None:
+    slo = SloSettings()
+    assert (slo.p95_ms, slo.max_failure_ratio) == (200.0, 0.0)
+    assert evaluate(_summary(), slo).passed
+    assert evaluate(_summary(p95_ms=200.0), slo).passed  # the bound itself is within the SLO
+    slow = evaluate(_summary(p95_ms=201.0), slo)
+    assert not slow.passed
+    assert [c.name for c in slow.checks if not c.passed] == ["p95 latency"]
+    failing = evaluate(_summary(failures=1), slo)
+    assert [c.name for c in failing.checks if not c.passed] == ["failure ratio"]
+    assert evaluate(_summary(failures=1), SloSettings(max_failure_ratio=0.01)).passed
+    assert not evaluate(_summary(failures=2), SloSettings(max_failure_ratio=0.01)).passed
+
+
+def test_a_run_without_requests_fails_the_gate() -> None:
+    verdict = evaluate(_summary(requests=0, p95_ms=0.0), SloSettings())
+    assert not verdict.passed
+
+
+def test_verdict_round_trips_and_prints(tmp_path: Path) -> None:
+    verdict = evaluate(_summary(failures=3, failures_by_error={"UNAVAILABLE: gone": 3}), SloSettings())
+    verdict.write(tmp_path / "v.json")
+    assert Verdict.read(tmp_path / "v.json") == verdict
+    table = format_verdict(verdict)
+    assert table.startswith("SLO verdict: FAIL")
+    assert "UNAVAILABLE: gone" in table and "485 pairs/s" in table  # (100 - 3) * 50 / 10 s
+    with pytest.raises(SloError):
+        Verdict.read(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("kwargs", [{"p95_ms": 0.0}, {"p95_ms": -1.0}, {"max_failure_ratio": 2.0}])
+def test_bad_slo_settings_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(SloError):
+        SloSettings(**kwargs)
+
+
+# -- runner and CLIs without a server --------------------------------------------------------
+
+
+def test_locust_command_carries_every_setting(tmp_path: Path) -> None:
+    settings = LoadtestSettings(
+        target="10.0.0.1:8001",
+        users=7,
+        run_time_s=12,
+        processes=3,
+        workload=WorkloadSettings(candidates=20, languages=("en", "de"), seed=11),
+        slo=SloSettings(p95_ms=150, max_failure_ratio=0.01),
+        report_dir=tmp_path,
+        extra_locust_args=("--loglevel", "DEBUG"),
+    )
+    command = locust_command(settings)
+    pairs = dict(itertools.pairwise(command))
+    assert pairs["--host"] == "10.0.0.1:8001"
+    assert (pairs["--users"], pairs["--spawn-rate"], pairs["--run-time"]) == ("7", "7", "12s")
+    assert (pairs["--candidates"], pairs["--languages"], pairs["--seed"]) == ("20", "en,de", "11")
+    assert (pairs["--slo-p95-ms"], pairs["--slo-max-failure-ratio"]) == ("150", "0.01")
+    assert pairs["--processes"] == "3" and command[-2:] == ["--loglevel", "DEBUG"]
+    assert pairs["--csv"] == str(tmp_path / "stats") and pairs["--html"] == str(tmp_path / "report.html")
+    assert Path(pairs["-f"]).name == "locustfile.py" and Path(pairs["-f"]).is_file()
+    assert split_passthrough(["-u", "2", "--", "--master"]) == (["-u", "2"], ("--master",))
+
+
+def test_cli_help_and_user_errors() -> None:
+    for tool in ("reranker-loadtest", "reranker-bench"):
+        done = subprocess.run([BIN / tool, "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "usage:" in done.stdout
+    bad = subprocess.run(
+        [BIN / "reranker-loadtest", "--document-words", "zipf:1-2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "zipf" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_unreachable_target_is_one_clear_line(tmp_path: Path) -> None:
+    from reranker_serve import free_port
+
+    port = free_port()  # nothing listens there
+    done = subprocess.run(
+        [BIN / "reranker-loadtest", "--target", f"127.0.0.1:{port}", "--report-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "verdict.json").exists()
+
+
+def test_gpu_benchmark_says_so_and_stops_without_a_gpu(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the GPU mode would run")
+    done = subprocess.run(
+        [BIN / "reranker-bench", "--device", "gpu", "--work-dir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "CUDA GPU" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "w").exists()  # stopped before building anything
+
+
+# -- against a real Triton -------------------------------------------------------------------
+
+
+def _stats_rows(prefix: Path) -> dict[str, dict[str, str]]:
+    with open(f"{prefix}_stats.csv", newline="", encoding="utf-8") as f:
+        return {row["Name"]: row for row in csv.DictReader(f)}
+
+
+def test_short_headless_run_meets_the_slo(triton_server: Any, tmp_path: Path) -> None:
+    settings = LoadtestSettings(
+        target=triton_server.grpc_url,
+        users=2,
+        run_time_s=10,
+        # The shared 2-core CI box is slow; the bound is generous, failures are not tolerated.
+        slo=SloSettings(p95_ms=60_000, max_failure_ratio=0.0),
+        workload=WorkloadSettings(candidates=50),
+        request_pool=8,
+        report_dir=tmp_path / "report",
+    )
+    result = run_loadtest(settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    verdict = result.verdict
+    assert verdict is not None
+    assert result.exit_code == 0, format_verdict(verdict)
+    assert verdict.passed
+    summary = verdict.summary
+    assert summary.requests > 0 and summary.failures == 0, summary.failures_by_error
+    assert 0 < summary.p50_ms <= summary.p95_ms <= summary.p99_ms
+    rows = _stats_rows(settings.csv_prefix)
+    assert int(rows["reranker/score"]["Request Count"]) == summary.requests
+    assert int(rows["reranker/score"]["Failure Count"]) == 0
+    # response size: 50 FP32 scores per request
+    assert float(rows["reranker/score"]["Average Content Size"]) == 50 * 4
+    assert "<html" in settings.html_path.read_text(encoding="utf-8").lower()
+
+
+def test_impossible_slo_exits_non_zero(triton_server: Any, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    done = subprocess.run(
+        [
+            BIN / "reranker-loadtest",
+            "--target",
+            triton_server.grpc_url,
+            "--users",
+            "1",
+            "--run-time-s",
+            "3",
+            "--candidates",
+            "10",
+            "--slo-p95-ms",
+            "0.001",
+            "--report-dir",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "SLO verdict: FAIL" in done.stdout
+    verdict = json.loads((report / "verdict.json").read_text())
+    failed = {c["name"] for c in verdict["checks"] if not c["passed"]}
+    assert failed == {"p95 latency"}  # it really ran: requests went through without failures
+    assert verdict["summary"]["requests"] > 0 and verdict["summary"]["failures"] == 0
+    assert (report / "stats_stats.csv").is_file() and (report / "report.html").is_file()
+
+
+def test_failures_are_reported_with_their_grpc_code(triton_server: Any, tmp_path: Path) -> None:
+    # Passages of ~80 KB are over the server's 64 KiB per document: every call is INVALID_ARGUMENT.
+    settings = LoadtestSettings(
+        target=triton_server.grpc_url,
+        users=1,
+        run_time_s=2,
+        workload=WorkloadSettings(
+            candidates=2, languages=("en",), document_words=LengthDistribution(low=12_000, high=12_000)
+        ),
+        request_pool=2,
+        report_dir=tmp_path,
+    )
+    result = run_loadtest(settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert result.exit_code == 1 and result.verdict is not None
+    summary = result.verdict.summary
+    assert summary.failures == summary.requests > 0
+    assert summary.failures_by_error
+    assert all("INVALID_ARGUMENT" in error for error in summary.failures_by_error), summary.failures_by_error
+
+
+# -- benchmark plumbing (the full benchmark is not a test) -----------------------------------
+
+
+def test_reference_server_and_triton_agree_and_compare(
+    triton_server: Any, xlmr_model_dir: Path, tmp_path: Path
+) -> None:
+    from reranker_loadtest.bench import (
+        BenchReport,
+        BenchSettings,
+        compare,
+        format_markdown,
+        format_table,
+        reference_server,
+        write_report,
+    )
+    from reranker_loadtest.reference_server import Scheduling
+
+    settings = BenchSettings(
+        concurrency=(1, 2),
+        rounds=1,
+        min_requests=2,
+        warmup_requests=0,
+        workload=WorkloadSettings(candidates=8),
+    )
+    with reference_server(
+        xlmr_model_dir,
+        device="cpu",
+        fp16=False,
+        threads=1,
+        scheduling=Scheduling.SERIAL,
+        log_path=tmp_path / "reference.log",
+    ) as url:
+        diff, comparisons = compare(settings, triton_url=triton_server.grpc_url, reference_url=url)
+    assert diff <= 1e-3
+    assert [c.concurrency for c in comparisons] == [1, 2]
+    for c in comparisons:
+        for r in (c.triton, c.reference):
+            assert r.failures == 0 and r.requests == 2, r.first_error
+            assert r.pairs_per_s > 0 and 0 < r.p50_ms <= r.p95_ms <= r.p99_ms
+        assert c.throughput_ratio > 0
+    report = BenchReport(
+        settings={}, machine={"cpu": "test"}, parity_max_abs_diff=diff, comparisons=comparisons, command="x"
+    )
+    json_path, md_path = write_report(report, tmp_path / "out")
+    assert len(json.loads(json_path.read_text())["levels"]) == 2
+    assert md_path.read_text().count("| (a) Triton |") == 2
+    assert "(b) reference" in format_table(comparisons) and format_markdown(report)
+
+
+def test_benchmark_refuses_systems_that_disagree(triton_server: Any, tmp_path: Path) -> None:
+    from reranker_loadtest.bench import check_parity, triton_caller
+
+    workload = Workload(WorkloadSettings(candidates=4))
+    shifted = triton_caller(triton_server.grpc_url, 60.0)()
+
+    def off_by_one(query: str, documents: Any) -> list[float]:
+        return [s + 1.0 for s in shifted(query, documents)]
+
+    with pytest.raises(BenchmarkError, match="disagree"):
+        check_parity(workload, shifted, off_by_one, tolerance=1e-3)
