@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,8 +72,12 @@ def export_onnx(
     example = tuple(torch.full((2, 16), 5, dtype=torch.long) for _ in input_names)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dynamic_shapes = {name: {0: batch, 1: sequence} for name in input_names}
+    # The exporter logs every optional op it cannot register (torchvision's) and warns about
+    # internals; none of it is actionable for a cross-encoder, so keep progress output readable.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 _wrapper(model, input_names),
                 example,

@@ -292,8 +292,8 @@ def direct_scores(url: str, query: str, documents: list[str]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def limit16_server(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Same model, but the server accepts at most 16 documents per request."""
-    from support import export_cpu_repository
     from reranker_serve import TritonServer
+    from support import export_cpu_repository
 
     repository = export_cpu_repository(
         xlmr_model_dir, tmp_path_factory.mktemp("repos") / "limit16", max_documents=16
@@ -571,7 +571,13 @@ def test_round_robin_spreads_requests_over_replicas(
             before = [success_count(s.grpc_url) for s in replicas]
             for _ in range(10):
                 client.score(QUERY, passages[:4])
+        # Triton updates its statistics just after answering: poll until all ten are counted.
+        deadline = time.monotonic() + 30
+        while True:
             served = [success_count(s.grpc_url) - b for s, b in zip(replicas, before, strict=True)]
+            if sum(served) >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # poll interval
         assert sum(served) == 10
         assert (min(served) > 0) is spread, (policy, served)
 
