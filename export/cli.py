@@ -1,8 +1,8 @@
 """``reranker-export``: a thin CLI over :func:`reranker_export.pipeline.export_model`.
 
-    reranker-export --model BAAI/bge-reranker-v2-m3 --profile tensorrt --output repo/
-    reranker-export render --profile tensorrt --output model_repository/   (configs and code, no weights)
-    reranker-export make-test-model DIR [--kind xlm-roberta|bert]
+reranker-export --model BAAI/bge-reranker-v2-m3 --profile tensorrt --output repo/
+reranker-export render --profile tensorrt --output model_repository/   (configs and code, no weights)
+reranker-export make-test-model DIR [--kind xlm-roberta|bert]
 """
 
 from __future__ import annotations
@@ -37,30 +37,74 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ServingSettings()
     tok = TokenizerSettings()
     group = parser.add_argument_group("serving settings (rendered into config.pbtxt)")
-    group.add_argument("--profile", type=Profile, choices=list(Profile), default=defaults.profile,
-                       help="where reranker_model runs (default: %(default)s)")
-    group.add_argument("--max-length", type=int, default=tok.max_length,
-                       help="tokens per (query, passage) pair (default: %(default)s)")
-    group.add_argument("--query-max-length", type=int, default=None,
-                       help="query tokens kept (default: max_length * 3 // 4)")
-    group.add_argument("--overflow", type=Overflow, choices=list(Overflow), default=tok.overflow,
-                       help="long passages: truncate (FlagReranker parity) or score windows (default: %(default)s)")
-    group.add_argument("--window-stride", type=int, default=tok.window_stride,
-                       help="window mode: tokens between window starts (default: %(default)s)")
-    group.add_argument("--length-buckets", type=_buckets, default=tok.length_buckets,
-                       help="comma-separated padding lengths (default: %(default)s)")
-    group.add_argument("--max-documents", type=int, default=tok.max_documents,
-                       help="documents per request (default: %(default)s)")
-    group.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
-                       help="rows per model execution (default: %(default)s)")
-    group.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us,
-                       help="dynamic batching delay (default: %(default)s)")
+    group.add_argument(
+        "--profile",
+        type=Profile,
+        choices=list(Profile),
+        default=defaults.profile,
+        help="where reranker_model runs (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-length",
+        type=int,
+        default=tok.max_length,
+        help="tokens per (query, passage) pair (default: %(default)s)",
+    )
+    group.add_argument(
+        "--query-max-length", type=int, default=None, help="query tokens kept (default: max_length * 3 // 4)"
+    )
+    group.add_argument(
+        "--overflow",
+        type=Overflow,
+        choices=list(Overflow),
+        default=tok.overflow,
+        help="long passages: truncate (FlagReranker parity) or score windows (default: %(default)s)",
+    )
+    group.add_argument(
+        "--window-stride",
+        type=int,
+        default=tok.window_stride,
+        help="window mode: tokens between window starts (default: %(default)s)",
+    )
+    group.add_argument(
+        "--length-buckets",
+        type=_buckets,
+        default=tok.length_buckets,
+        help="comma-separated padding lengths (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-documents",
+        type=int,
+        default=tok.max_documents,
+        help="documents per request (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=defaults.max_batch_size,
+        help="rows per model execution (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=defaults.max_queue_delay_us,
+        help="dynamic batching delay (default: %(default)s)",
+    )
     group.add_argument("--tokenizer-instances", type=int, default=defaults.tokenizer_instances)
     group.add_argument("--model-instances", type=int, default=defaults.model_instances)
-    group.add_argument("--precision", type=Precision, choices=list(Precision), default=defaults.precision,
-                       help="GPU profiles' precision; the cpu profile always runs fp32 (default: %(default)s)")
-    group.add_argument("--ort-threads", type=int, default=defaults.ort_intra_op_threads,
-                       help="cpu profile: onnxruntime intra-op threads, 0 = all cores (default: %(default)s)")
+    group.add_argument(
+        "--precision",
+        type=Precision,
+        choices=list(Precision),
+        default=defaults.precision,
+        help="GPU profiles' precision; the cpu profile always runs fp32 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--ort-threads",
+        type=int,
+        default=defaults.ort_intra_op_threads,
+        help="cpu profile: onnxruntime intra-op threads, 0 = all cores (default: %(default)s)",
+    )
 
 
 def _serving_settings(args: argparse.Namespace) -> ServingSettings:
@@ -93,10 +137,18 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     parser.add_argument("--output", type=Path, required=True, help="model repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output repository")
-    parser.add_argument("--fp32-tolerance", type=float, default=1e-4,
-                        help="max |logit difference| ONNX Runtime vs PyTorch (default: %(default)s)")
-    parser.add_argument("--fp16-tolerance", type=float, default=5e-2,
-                        help="max |logit difference| FP16 vs FP32 (default: %(default)s)")
+    parser.add_argument(
+        "--fp32-tolerance",
+        type=float,
+        default=1e-4,
+        help="max |logit difference| ONNX Runtime vs PyTorch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fp16-tolerance",
+        type=float,
+        default=5e-2,
+        help="max |logit difference| FP16 vs FP32 (default: %(default)s)",
+    )
     _add_serving_arguments(parser)
     return parser
 

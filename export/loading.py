@@ -77,7 +77,8 @@ def _resolve_hub(model_id: str, revision: str | None) -> tuple[Path, str]:
     except Exception as exc:  # httpx/requests/OS errors alike: the hub is out of reach
         raise ModelLoadError(
             f"cannot reach the Hugging Face hub for {model_id} ({type(exc).__name__}); "
-            "work offline by passing a local model directory (--model DIR) or a pre-filled HF cache with HF_HUB_OFFLINE=1"
+            "work offline by passing a local model directory (--model DIR), "
+            "or a pre-filled HF cache with HF_HUB_OFFLINE=1"
         ) from exc
     commit = info.sha or revision or "main"
     try:
@@ -157,8 +158,14 @@ def load_cross_encoder(
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer of {model}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelLoadError(f"{model} has no fast (Rust) tokenizer (tokenizer.json); Triton's tokenizer step needs one")
+        raise ModelLoadError(
+            f"{model} has no fast (Rust) tokenizer (tokenizer.json); Triton's tokenizer step needs one"
+        )
     hf_model.eval()
     return LoadedModel(
-        model=hf_model, tokenizer=tokenizer, model_id=model, revision=revision_used, local_dir=local_dir
+        model=hf_model,
+        tokenizer=tokenizer,  # type: ignore[arg-type]  # a fast tokenizer: checked just above
+        model_id=model,
+        revision=revision_used,
+        local_dir=local_dir,
     )

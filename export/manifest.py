@@ -15,7 +15,15 @@ from typing import Any
 from .settings import ServingSettings
 
 MANIFEST_FILENAME = "manifest.json"
-_LIBRARIES = ("triton-reranker", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxconverter-common")
+_LIBRARIES = (
+    "triton-reranker",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "onnx",
+    "onnxruntime",
+    "onnxconverter-common",
+)
 
 
 def sha256_file(path: Path) -> str:

@@ -41,7 +41,10 @@ def _wrapper(model: PreTrainedModel, input_names: Sequence[str]) -> torch.nn.Mod
             self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
         ) -> torch.Tensor:
             return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                return_dict=True,
             ).logits
 
     if tuple(input_names) == ("input_ids", "attention_mask"):

@@ -84,7 +84,9 @@ def export_model(settings: ExportSettings, *, progress: Progress | None = None) 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=settings.output.parent) as staging_name:
         staging = Path(staging_name)
         say("exporting to ONNX (FP32)")
-        fp32_path = onnx_export.export_onnx(loaded.model, staging / "fp32" / "model.onnx", input_names=signature.input_names)
+        fp32_path = onnx_export.export_onnx(
+            loaded.model, staging / "fp32" / "model.onnx", input_names=signature.input_names
+        )
         say("validating ONNX Runtime against PyTorch on the probe set")
         reference = validation.torch_logits(loaded.model, inputs)
         fp32_logits = validation.onnx_logits(fp32_path, inputs)
@@ -136,6 +138,4 @@ def export_model(settings: ExportSettings, *, progress: Progress | None = None) 
     write_manifest(settings.output, content)
     seconds = time.perf_counter() - started
     say(f"done in {seconds:.1f} s")
-    return ExportResult(
-        repository=settings.output, parity=parity, fp16=fp16_report, seconds=seconds, manifest=content
-    )
+    return ExportResult(repository=settings.output, parity=parity, fp16=fp16_report, seconds=seconds, manifest=content)

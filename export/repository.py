@@ -65,8 +65,12 @@ class ModelFiles:
     tokenizer_json: Path
 
 
-def _tensor(name: str, dtype: int, dims: Sequence[int]) -> dict[str, object]:
-    return {"name": name, "data_type": dtype, "dims": list(dims)}
+def _input(name: str, dtype: mc.DataType.ValueType, dims: Sequence[int]) -> mc.ModelInput:
+    return mc.ModelInput(name=name, data_type=dtype, dims=list(dims))
+
+
+def _output(name: str, dtype: mc.DataType.ValueType, dims: Sequence[int]) -> mc.ModelOutput:
+    return mc.ModelOutput(name=name, data_type=dtype, dims=list(dims))
 
 
 def _params(values: dict[str, object]) -> dict[str, mc.ModelParameter]:
@@ -75,16 +79,16 @@ def _params(values: dict[str, object]) -> dict[str, mc.ModelParameter]:
 
 def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
     tok = settings.tokenizer
-    outputs = [mc.ModelOutput(**_tensor(name, mc.TYPE_INT64, [-1, -1])) for name in signature.input_names]  # type: ignore[arg-type]
+    outputs = [_output(name, mc.TYPE_INT64, [-1, -1]) for name in signature.input_names]
     if tok.overflow is Overflow.WINDOW:
-        outputs.append(mc.ModelOutput(**_tensor(DOCUMENT_INDEX, mc.TYPE_INT32, [-1])))  # type: ignore[arg-type]
+        outputs.append(_output(DOCUMENT_INDEX, mc.TYPE_INT32, [-1]))
     return mc.ModelConfig(
         name=TOKENIZER_MODEL_NAME,
         backend="python",
         max_batch_size=0,
         input=[
-            mc.ModelInput(**_tensor(QUERY, mc.TYPE_STRING, [1])),  # type: ignore[arg-type]
-            mc.ModelInput(**_tensor(DOCUMENTS, mc.TYPE_STRING, [-1])),  # type: ignore[arg-type]
+            _input(QUERY, mc.TYPE_STRING, [1]),
+            _input(DOCUMENTS, mc.TYPE_STRING, [-1]),
         ],
         output=outputs,
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.tokenizer_instances)],
@@ -113,7 +117,7 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
     config = mc.ModelConfig(
         name=CORE_MODEL_NAME,
         max_batch_size=settings.max_batch_size,
-        input=[mc.ModelInput(**_tensor(name, mc.TYPE_INT64, [-1])) for name in signature.input_names],  # type: ignore[arg-type]
+        input=[_input(name, mc.TYPE_INT64, [-1]) for name in signature.input_names],
         # [rows, 1] as every backend computes it; the ensemble reshapes it to `scores` [N].
         output=[mc.ModelOutput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[1])],
         dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=settings.max_queue_delay_us),
@@ -155,10 +159,10 @@ def scores_config() -> mc.ModelConfig:
         backend="python",
         max_batch_size=0,
         input=[
-            mc.ModelInput(**_tensor(LOGITS, mc.TYPE_FP32, [-1, 1])),  # type: ignore[arg-type]
-            mc.ModelInput(**_tensor(DOCUMENT_INDEX, mc.TYPE_INT32, [-1])),  # type: ignore[arg-type]
+            _input(LOGITS, mc.TYPE_FP32, [-1, 1]),
+            _input(DOCUMENT_INDEX, mc.TYPE_INT32, [-1]),
         ],
-        output=[mc.ModelOutput(**_tensor(SCORES, mc.TYPE_FP32, [-1]))],  # type: ignore[arg-type]
+        output=[_output(SCORES, mc.TYPE_FP32, [-1])],
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
     )
 
@@ -186,8 +190,8 @@ def ensemble_config(settings: ServingSettings, signature: ModelSignature) -> mc.
         platform="ensemble",
         max_batch_size=0,
         input=[
-            mc.ModelInput(**_tensor(QUERY, mc.TYPE_STRING, [1])),  # type: ignore[arg-type]
-            mc.ModelInput(**_tensor(DOCUMENTS, mc.TYPE_STRING, [-1])),  # type: ignore[arg-type]
+            _input(QUERY, mc.TYPE_STRING, [1]),
+            _input(DOCUMENTS, mc.TYPE_STRING, [-1]),
         ],
         output=[
             # Truncate mode maps the model's [rows, 1] logits straight to `scores`; Triton's core

@@ -63,9 +63,7 @@ def build_engine_script(settings: ServingSettings, signature: ModelSignature) ->
     """A POSIX sh script, run from anywhere; ``ONNX_PATH``/``ENGINE_PATH`` override the defaults."""
     command = " \\\n  ".join(
         arg if arg.startswith(("--onnx=", "--saveEngine=")) else shlex.quote(arg)
-        for arg in engine_build_command(
-            settings, signature, onnx_path='"$ONNX_PATH"', engine_path='"$ENGINE_PATH"'
-        )
+        for arg in engine_build_command(settings, signature, onnx_path='"$ONNX_PATH"', engine_path='"$ENGINE_PATH"')
     )
     return f"""#!/bin/sh
 # Builds the TensorRT engine of reranker_model on the GPU node that serves it.

@@ -91,9 +91,7 @@ def onnx_logits(onnx_path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
-def check_parity(
-    reference: np.ndarray, candidate: np.ndarray, *, tolerance: float = FP32_TOLERANCE
-) -> ParityReport:
+def check_parity(reference: np.ndarray, candidate: np.ndarray, *, tolerance: float = FP32_TOLERANCE) -> ParityReport:
     if not np.all(np.isfinite(candidate)):
         raise ParityError("the ONNX graph produced non-finite logits on the probe set")
     diff = float(np.max(np.abs(reference - candidate)))

@@ -59,9 +59,7 @@ def run_demo(model: str, workdir: Path, *, rebuild: bool = False) -> int:
         _say(started, f"reusing the exported repository {repository} (--rebuild to export again)")
     else:
         export_model(
-            ExportSettings(
-                model=model, output=repository, serving=ServingSettings(profile=Profile.CPU), force=True
-            ),
+            ExportSettings(model=model, output=repository, serving=ServingSettings(profile=Profile.CPU), force=True),
             progress=lambda m: _say(started, m),
         )
 
@@ -87,8 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_MODEL_ID,
         help=f"hub id, local directory, or '{TEST_MODEL}' for the tiny offline test model (default: %(default)s)",
     )
-    parser.add_argument("--workdir", type=Path, default=Path("artifacts/demo"),
-                        help="where the model, repository and server log go (default: %(default)s)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("artifacts/demo"),
+        help="where the model, repository and server log go (default: %(default)s)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="export again even if the repository exists")
     args = parser.parse_args(argv)
     try:

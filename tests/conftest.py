@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support import export_cpu_repository
+
 
 @pytest.fixture(scope="session")
 def xlmr_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

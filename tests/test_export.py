@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from reranker_export import cli
 from reranker_export.errors import Fp16ToleranceError, ModelLoadError, ParityError, RepositoryError
 from reranker_export.manifest import read_manifest, sha256_file
 from reranker_export.pipeline import ExportSettings, export_model
 from reranker_export.settings import Profile
-
 from support import serving_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +51,8 @@ def test_export_fp32_and_fp16_parity(kind: str, request: pytest.FixtureRequest, 
     (logits,) = graph.output
     assert logits.name == "logits" and logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     # Dynamic batch and sequence axes, one logit per pair.
-    assert [d.dim_value or d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][0] != 1
+    batch_axis, sequence_axis = graph.input[0].type.tensor_type.shape.dim
+    assert batch_axis.dim_param and sequence_axis.dim_param
     assert logits.type.tensor_type.shape.dim[1].dim_value == 1
     assert max(o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}) >= 17
     ops = {node.op_type for node in graph.node}
@@ -118,8 +117,20 @@ def test_perturbed_graph_makes_cli_exit_non_zero(
     xlmr_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _perturbing_export(monkeypatch)
-    code = cli.main(["--model", str(xlmr_model_dir), "--profile", "cpu", "--output", str(tmp_path / "r"),
-                     "--max-length", "128", "--length-buckets", "32,64"])
+    code = cli.main(
+        [
+            "--model",
+            str(xlmr_model_dir),
+            "--profile",
+            "cpu",
+            "--output",
+            str(tmp_path / "r"),
+            "--max-length",
+            "128",
+            "--length-buckets",
+            "32,64",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("reranker-export: error: ParityError:")
@@ -151,8 +162,14 @@ def test_output_with_other_data_is_never_replaced(xlmr_model_dir: Path, tmp_path
 def test_wrong_kind_of_model_is_a_named_error(tmp_path: Path) -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=3)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+    )
     BertForSequenceClassification(config).save_pretrained(tmp_path / "three-labels")
     with pytest.raises(ModelLoadError, match="3 output labels"):
         _export(tmp_path / "three-labels", tmp_path / "repo", Profile.CPU)
@@ -170,8 +187,21 @@ def test_cli_help() -> None:
 
 
 def test_cli_export_smoke(xlmr_model_dir: Path, tmp_path: Path) -> None:
-    proc = _run_cli("--model", str(xlmr_model_dir), "--profile", "cpu", "--output", str(tmp_path / "repo"),
-                    "--max-length", "128", "--length-buckets", "32,64", "--max-batch-size", "64", timeout=300)
+    proc = _run_cli(
+        "--model",
+        str(xlmr_model_dir),
+        "--profile",
+        "cpu",
+        "--output",
+        str(tmp_path / "repo"),
+        "--max-length",
+        "128",
+        "--length-buckets",
+        "32,64",
+        "--max-batch-size",
+        "64",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "repo")
     assert "FP32 parity" in proc.stderr  # progress goes to stderr

@@ -6,8 +6,6 @@ import filecmp
 from pathlib import Path
 
 import pytest
-from tritonclient.grpc import model_config_pb2 as mc
-
 from reranker_export.repository import (
     ModelSignature,
     build_configs,
@@ -25,9 +23,14 @@ from reranker_export.settings import (
     ServingSettings,
     TokenizerSettings,
 )
+from tritonclient.grpc import model_config_pb2 as mc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SIGNATURES = [ModelSignature(), ModelSignature(input_names=("input_ids", "attention_mask", "token_type_ids"), pad_token_id=0)]
+RERENDER = "rm -r model_repository && reranker-export render --output model_repository"
+SIGNATURES = [
+    ModelSignature(),
+    ModelSignature(input_names=("input_ids", "attention_mask", "token_type_ids"), pad_token_id=0),
+]
 ALL_SETTINGS = [
     ServingSettings(profile=profile, tokenizer=TokenizerSettings(overflow=overflow))
     for profile in Profile
@@ -61,9 +64,7 @@ def _inputs(config: mc.ModelConfig) -> dict[str, tuple[int, list[int]]]:
 
 @pytest.mark.parametrize("settings", ALL_SETTINGS, ids=_id)
 @pytest.mark.parametrize("signature", SIGNATURES, ids=["xlmr", "bert"])
-def test_tensor_names_and_dtypes_agree_along_the_ensemble(
-    settings: ServingSettings, signature: ModelSignature
-) -> None:
+def test_tensor_names_and_dtypes_agree_along_the_ensemble(settings: ServingSettings, signature: ModelSignature) -> None:
     configs = build_configs(settings, signature)
     ensemble = configs[ENSEMBLE_NAME]
     assert _inputs(ensemble) == {"query": (mc.TYPE_STRING, [1]), "documents": (mc.TYPE_STRING, [-1])}
@@ -81,7 +82,10 @@ def test_tensor_names_and_dtypes_agree_along_the_ensemble(
         for model_output, tensor in step.output_map.items():
             available[tensor] = model_outputs[model_output]
     assert available["scores"] == mc.TYPE_FP32
-    assert [s.model_name for s in ensemble.ensemble_scheduling.step][:2] == [TOKENIZER_MODEL_NAME, CORE_MODEL_NAME]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step][:2] == [
+        TOKENIZER_MODEL_NAME,
+        CORE_MODEL_NAME,
+    ]
     assert (SCORES_MODEL_NAME in configs) == (settings.tokenizer.overflow is Overflow.WINDOW)
 
 
@@ -104,7 +108,9 @@ def test_tokenizer_parameters_come_from_settings() -> None:
         tokenizer=TokenizerSettings(max_length=256, length_buckets=(32, 128, 1024), max_documents=20),
         max_batch_size=40,
     )
-    params = {k: v.string_value for k, v in build_configs(settings, ModelSignature())[TOKENIZER_MODEL_NAME].parameters.items()}
+    params = {
+        k: v.string_value for k, v in build_configs(settings, ModelSignature())[TOKENIZER_MODEL_NAME].parameters.items()
+    }
     assert params["max_length"] == "256"
     assert params["query_max_length"] == "192"  # max_length * 3 // 4, as FlagReranker
     assert params["length_buckets"] == "32,128,256"  # capped and closed at max_length
@@ -120,6 +126,6 @@ def test_golden_model_repository_matches_the_generator(tmp_path: Path) -> None:
     golden_files = sorted(
         p.relative_to(golden) for p in golden.rglob("*") if p.is_file() and "__pycache__" not in p.parts
     )
-    assert rendered_files == golden_files, "re-render: rm -r model_repository && reranker-export render --output model_repository"
+    assert rendered_files == golden_files, f"re-render: {RERENDER}"
     mismatched = [str(p) for p in rendered_files if not filecmp.cmp(tmp_path / p, golden / p, shallow=False)]
-    assert not mismatched, f"stale files {mismatched}: re-render: rm -r model_repository && reranker-export render --output model_repository"
+    assert not mismatched, f"stale files {mismatched}: re-render: {RERENDER}"
