@@ -268,9 +268,7 @@ def unreachable(exc: BaseException, what: str) -> bool:
 
 def not_ready_error(core: ClientCore, reachable: bool, deadline: Deadline) -> RerankerError:
     if reachable:
-        return ModelNotReadyError(
-            f"model {core.model!r} at {core.url} not ready after {deadline.elapsed():.1f} s"
-        )
+        return ModelNotReadyError(f"model {core.model!r} at {core.url} not ready after {deadline.elapsed():.1f} s")
     return ServerUnavailableError(f"server {core.url} not reachable after {deadline.elapsed():.1f} s")
 
 

@@ -111,9 +111,7 @@ class AsyncRerankerClient:
         _core.check_top_n(top_n)
         texts = _core.prepare(query, documents)
         raw = await self._scores(query, texts, timeout)
-        return _core.finish_rerank(
-            raw, texts, top_n=top_n, normalize=normalize, return_documents=return_documents
-        )
+        return _core.finish_rerank(raw, texts, top_n=top_n, normalize=normalize, return_documents=return_documents)
 
     async def score(
         self,
@@ -128,6 +126,8 @@ class AsyncRerankerClient:
         return _core.finish_scores(await self._scores(query, texts, timeout), normalize)
 
     async def _scores(self, query: str, texts: list[str], timeout: float | None) -> npt.NDArray[np.float32]:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} for {self._core.url} is closed")
         deadline = self._core.deadline(timeout)
         if not texts:
             return np.empty(0, dtype=np.float32)

@@ -78,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"gRPC target, host:port or dns:///host:port (default: ${URL_ENV})",
         )
         sub.add_argument("--model", default=ENSEMBLE_NAME, help="ensemble name (default: %(default)s)")
-        sub.add_argument(
-            "--timeout", type=float, default=30.0, help="deadline in seconds (default: %(default)s)"
-        )
+        sub.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (default: %(default)s)")
         sub.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
 
     rank_parser = commands.add_parser("rank", help="rank documents for a query")
@@ -95,16 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("documents", nargs="*", default=[], metavar="DOC", help="documents to rank")
     rank_parser.add_argument("--top-n", type=int, default=None, help="keep the N best (default: all)")
     rank_parser.add_argument("--normalize", action="store_true", help="report sigmoid(score) in [0, 1]")
-    rank_parser.add_argument(
-        "--compression", choices=[c.value for c in Compression], default=Compression.NONE.value
-    )
+    rank_parser.add_argument("--compression", choices=[c.value for c in Compression], default=Compression.NONE.value)
     rank_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     health_parser = commands.add_parser("health", help="report server liveness and model readiness")
     add_connection(health_parser)
-    health_parser.add_argument(
-        "--wait", action="store_true", help="wait up to --timeout for the model to become ready"
-    )
+    health_parser.add_argument("--wait", action="store_true", help="wait up to --timeout for the model to become ready")
     return parser
 
 

@@ -4,7 +4,8 @@
 
     RerankerError                 root: catch this to handle every client failure
     ├── InvalidInputError         INVALID_ARGUMENT: the request is wrong (too many or no documents,
-    │                             oversized text, invalid UTF-8); fix the input, do not retry
+    │                             oversized text, invalid UTF-8); fix the input, do not retry.
+    │                             Also raised before sending for text that is not valid Unicode
     ├── ServerUnavailableError    UNAVAILABLE after the retries the call's deadline allowed
     ├── DeadlineExceededError     DEADLINE_EXCEEDED: the call's deadline passed before an answer
     ├── ModelNotReadyError        NOT_FOUND: the server is up but the model is not loaded (or unknown)

@@ -35,17 +35,21 @@ def top_n_indices(scores: npt.ArrayLike, top_n: int | None = None) -> npt.NDArra
 
     Selects by partition (O(N)) and sorts only the selected ``top_n``. NaN ranks last.
     """
-    values = np.asarray(scores, dtype=np.float64)
+    values = np.asarray(scores)
     if values.ndim != 1:
         raise ValueError(f"scores must be one-dimensional, got shape {values.shape}")
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
     count = values.shape[0]
     if top_n is not None and top_n < 0:
         raise ValueError(f"top_n must be >= 0, got {top_n}")
     n = count if top_n is None else min(top_n, count)
     if n == 0:
         return np.empty(0, dtype=np.intp)
-    key = -values
-    key[np.isnan(key)] = np.inf
+    key = np.negative(values)
+    nan = np.isnan(key)
+    if nan.any():
+        key[nan] = np.inf
     if n == count:
         return np.argsort(key, kind="stable")
     # The n-th best key; argpartition alone would pick an arbitrary subset of the ties at the

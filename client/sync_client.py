@@ -131,9 +131,7 @@ class RerankerClient:
         _core.check_top_n(top_n)
         texts = _core.prepare(query, documents)
         raw = self._scores(query, texts, timeout)
-        return _core.finish_rerank(
-            raw, texts, top_n=top_n, normalize=normalize, return_documents=return_documents
-        )
+        return _core.finish_rerank(raw, texts, top_n=top_n, normalize=normalize, return_documents=return_documents)
 
     def score(
         self,
@@ -148,6 +146,8 @@ class RerankerClient:
         return _core.finish_scores(self._scores(query, texts, timeout), normalize)
 
     def _scores(self, query: str, texts: list[str], timeout: float | None) -> npt.NDArray[np.float32]:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} for {self._core.url} is closed")
         deadline = self._core.deadline(timeout)
         if not texts:
             return np.empty(0, dtype=np.float32)
@@ -167,9 +167,7 @@ class RerankerClient:
             for future in futures:
                 future.cancel()
 
-    def _infer(
-        self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline
-    ) -> npt.NDArray[np.float32]:
+    def _infer(self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline) -> npt.NDArray[np.float32]:
         def attempt(attempt_timeout: float) -> grpcclient.InferResult:
             return self._triton.infer(**self._core.infer_kwargs(inputs, attempt_timeout))
 

@@ -90,7 +90,7 @@ class Architecture:
 class BenchSettings:
     device: Device = Device.CPU
     concurrency: tuple[int, ...] = (1, 4, 16)
-    rounds: int = 2
+    rounds: int = 1
     """Requests per level = max(``min_requests``, ``rounds`` x concurrency)."""
     min_requests: int = 4
     warmup_requests: int = 2
@@ -163,11 +163,7 @@ class Comparison:
 
     @property
     def throughput_ratio(self) -> float:
-        return (
-            self.triton.pairs_per_s / self.reference.pairs_per_s
-            if self.reference.pairs_per_s
-            else float("nan")
-        )
+        return self.triton.pairs_per_s / self.reference.pairs_per_s if self.reference.pairs_per_s else float("nan")
 
     def latency_ratio(self, which: str) -> float:
         ref = float(getattr(self.reference, which))
@@ -249,9 +245,7 @@ def run_level(
         for future in [executor.submit(worker) for _ in range(concurrency)]:
             future.result()
     wall = time.perf_counter() - started
-    return summarize(
-        system, concurrency, latencies, failures, wall, workload.settings.candidates, first_error
-    )
+    return summarize(system, concurrency, latencies, failures, wall, workload.settings.candidates, first_error)
 
 
 # -- the two systems -----------------------------------------------------------------------
@@ -304,6 +298,7 @@ def reference_server(
     threads: int,
     scheduling: Scheduling,
     log_path: Path,
+    max_length: int = 512,
     startup_timeout_s: float = 300.0,
 ) -> Iterator[str]:
     """Start the FastAPI + FlagReranker server on a free loopback port; yield its base URL."""
@@ -312,6 +307,7 @@ def reference_server(
         sys.executable, "-m", "reranker_loadtest.reference_server",
         "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
         "--device", device, "--threads", str(threads), "--scheduling", scheduling.value,
+        "--max-length", str(max_length),
     ]  # fmt: skip
     if fp16:
         command.append("--fp16")
@@ -332,9 +328,7 @@ def reference_server(
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                raise BenchmarkError(
-                    f"reference server not up after {startup_timeout_s:g} s (log: {log_path})"
-                )
+                raise BenchmarkError(f"reference server not up after {startup_timeout_s:g} s (log: {log_path})")
             time.sleep(0.5)  # polling interval while the server starts, bounded by the deadline
         yield base_url
     finally:
@@ -604,9 +598,7 @@ def compare(
             )
             results[system] = result
         comparisons.append(
-            Comparison(
-                concurrency=concurrency, triton=results[SYSTEM_TRITON], reference=results[SYSTEM_REFERENCE]
-            )
+            Comparison(concurrency=concurrency, triton=results[SYSTEM_TRITON], reference=results[SYSTEM_REFERENCE])
         )
     return diff, tuple(comparisons)
 
@@ -659,9 +651,7 @@ def run_benchmark(
                 log_path=logs / "reference.log",
             )
         )
-        diff, comparisons = compare(
-            settings, triton_url=triton_url, reference_url=reference_url, progress=progress
-        )
+        diff, comparisons = compare(settings, triton_url=triton_url, reference_url=reference_url, progress=progress)
     return BenchReport(
         settings=_settings_dict(settings),
         machine=machine_info(settings.device),
@@ -694,11 +684,7 @@ def format_table(comparisons: Sequence[Comparison]) -> str:
     rows = [header]
     for c in comparisons:
         for label, r in (("(a) triton", c.triton), ("(b) reference", c.reference)):
-            ratios = (
-                (f"{c.throughput_ratio:.2f}x", f"{c.latency_ratio('p95_ms'):.2f}")
-                if r is c.triton
-                else ("", "")
-            )
+            ratios = (f"{c.throughput_ratio:.2f}x", f"{c.latency_ratio('p95_ms'):.2f}") if r is c.triton else ("", "")
             rows.append(
                 (str(c.concurrency), label, f"{r.pairs_per_s:.1f}", f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}",
                  f"{r.p99_ms:.0f}", f"{r.failures}/{r.requests}", *ratios)
@@ -782,15 +768,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--concurrency", type=_levels, default=(1, 4, 16), help="comma-separated levels")
     parser.add_argument(
-        "--rounds", type=int, default=2, help="requests per level = max(min-requests, rounds x concurrency)"
+        "--rounds", type=int, default=1, help="requests per level = max(min-requests, rounds x concurrency)"
     )
     parser.add_argument("--min-requests", type=int, default=4)
     parser.add_argument("--warmup-requests", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=50, help="passages per request")
     parser.add_argument("--seed", type=int, default=None, help="workload seed (default: the workload's)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="compute threads per system (default: every core)"
-    )
+    parser.add_argument("--threads", type=int, default=None, help="compute threads per system (default: every core)")
     parser.add_argument(
         "--reference-scheduling",
         choices=[s.value for s in Scheduling],

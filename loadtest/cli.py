@@ -69,16 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="uniform:8-32",
         help="query length in words: KIND:LOW-HIGH (uniform or normal)",
     )
-    workload.add_argument(
-        "--document-words", default="normal:100-300", help="passage length in words: KIND:LOW-HIGH"
-    )
-    workload.add_argument(
-        "--languages", default="", help="comma-separated languages (default: all bundled word lists)"
-    )
+    workload.add_argument("--document-words", default="normal:100-300", help="passage length in words: KIND:LOW-HIGH")
+    workload.add_argument("--languages", default="", help="comma-separated languages (default: all bundled word lists)")
     workload.add_argument("--seed", type=int, default=DEFAULT_SEED, help="workload seed")
-    workload.add_argument(
-        "--request-pool", type=int, default=64, help="distinct requests generated per Locust process"
-    )
+    workload.add_argument("--request-pool", type=int, default=64, help="distinct requests generated per Locust process")
     slo = parser.add_argument_group("SLO gate")
     slo.add_argument("--slo-p95-ms", type=float, default=DEFAULT_P95_MS, help="p95 latency bound in ms")
     slo.add_argument(
@@ -147,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if result.verdict is None:
         print(
-            f"{PROG}: error: Locust exited with code {result.exit_code} before judging the run "
-            "(see its output above)",
+            f"{PROG}: error: Locust exited with code {result.exit_code} before judging the run (see its output above)",
             file=sys.stderr,
         )
         return result.exit_code or 2

@@ -20,6 +20,7 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import csv  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
@@ -29,6 +30,7 @@ from typing import Any  # noqa: E402
 from locust import User, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 from reranker_client import RerankerClient, RerankerError, RetryPolicy  # noqa: E402
 from reranker_loadtest.errors import LoadtestError  # noqa: E402
 from reranker_loadtest.slo import RunSummary, SloSettings, evaluate, format_verdict  # noqa: E402
@@ -61,20 +63,14 @@ class GrpcRequestFailed(Exception):
 def _add_arguments(parser: Any) -> None:
     group = parser.add_argument_group("reranker", "Workload, target model and SLO gate of the reranker test")
     group.add_argument("--model-name", default="reranker", help="Triton model (the ensemble) to call")
-    group.add_argument(
-        "--request-timeout-s", type=float, default=30.0, help="Deadline of one call, in seconds"
-    )
-    group.add_argument(
-        "--candidates", type=int, default=DEFAULT_CANDIDATES, help="Passages per request (default 50)"
-    )
+    group.add_argument("--request-timeout-s", type=float, default=30.0, help="Deadline of one call, in seconds")
+    group.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="Passages per request (default 50)")
     group.add_argument(
         "--query-words",
         default="uniform:8-32",
         help="Query length distribution in words: KIND:LOW-HIGH, KIND uniform or normal",
     )
-    group.add_argument(
-        "--document-words", default="normal:100-300", help="Passage length distribution in words"
-    )
+    group.add_argument("--document-words", default="normal:100-300", help="Passage length distribution in words")
     group.add_argument(
         "--languages",
         default="",
@@ -88,12 +84,8 @@ def _add_arguments(parser: Any) -> None:
         help="Distinct requests generated per process before the run and sent in turn",
     )
     group.add_argument("--slo-p95-ms", type=float, default=200.0, help="SLO: p95 latency bound in ms")
-    group.add_argument(
-        "--slo-max-failure-ratio", type=float, default=0.0, help="SLO: highest share of failed requests"
-    )
-    group.add_argument(
-        "--slo-report", default="", help="Write the SLO verdict as JSON to this file when the run ends"
-    )
+    group.add_argument("--slo-max-failure-ratio", type=float, default=0.0, help="SLO: highest share of failed requests")
+    group.add_argument("--slo-report", default="", help="Write the SLO verdict as JSON to this file when the run ends")
 
 
 def workload_settings(options: Any) -> WorkloadSettings:
@@ -228,11 +220,29 @@ def run_summary(environment: Environment) -> RunSummary:
     )
 
 
+def _write_final_csv(environment: Environment, prefix: str) -> None:
+    """Rewrite the CSV tables with the final stats.
+
+    Locust refreshes them once a second and not again at exit, so the last requests of a run
+    could be missing from them while the verdict counts them.
+    """
+    tables = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (
+        ("_stats.csv", tables.requests_csv),
+        ("_failures.csv", tables.failures_csv),
+        ("_exceptions.csv", tables.exceptions_csv),
+    ):
+        with open(prefix + suffix, "w", newline="", encoding="utf-8") as f:
+            write(csv.writer(f))
+
+
 @events.quitting.add_listener
 def _slo_gate(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
         return  # workers hold a share of the stats; the master judges the aggregate
     options = environment.parsed_options
+    if options.csv_prefix:
+        _write_final_csv(environment, options.csv_prefix)
     slo = SloSettings(p95_ms=options.slo_p95_ms, max_failure_ratio=options.slo_max_failure_ratio)
     verdict = evaluate(run_summary(environment), slo)
     logger.info("\n%s", format_verdict(verdict))

@@ -121,9 +121,7 @@ def create_app(settings: ReferenceSettings) -> Any:
             scores = reranker.compute_score(pairs, normalize=body.normalize)
         scores = [float(s) for s in (scores if isinstance(scores, list) else [scores])]
         order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.top_n]
-        return RerankResponse(
-            scores=scores, results=[Result(index=i, relevance_score=scores[i]) for i in order]
-        )
+        return RerankResponse(scores=scores, results=[Result(index=i, relevance_score=scores[i]) for i in order])
 
     return app
 

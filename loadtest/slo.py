@@ -58,11 +58,7 @@ class RunSummary:
 
     @property
     def pairs_per_s(self) -> float:
-        return (
-            (self.requests - self.failures) * self.candidates / self.duration_s
-            if self.duration_s > 0
-            else 0.0
-        )
+        return (self.requests - self.failures) * self.candidates / self.duration_s if self.duration_s > 0 else 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

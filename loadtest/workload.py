@@ -58,9 +58,7 @@ class LengthDistribution:
             kind = Distribution(kind_text.lower()) if kind_text else Distribution.UNIFORM
         except ValueError:
             choices = ", ".join(d.value for d in Distribution)
-            raise WorkloadError(
-                f"unknown distribution {kind_text!r} in {text!r}; choose one of {choices}"
-            ) from None
+            raise WorkloadError(f"unknown distribution {kind_text!r} in {text!r}; choose one of {choices}") from None
         low = int(low_text)
         return cls(kind=kind, low=low, high=int(high_text) if high_text else low)
 
@@ -86,9 +84,7 @@ def available_languages() -> tuple[str, ...]:
 def word_list(language: str) -> tuple[str, ...]:
     """The words of one language, in file order."""
     if language not in available_languages():
-        raise WorkloadError(
-            f"no word list for language {language!r}; available: {', '.join(available_languages())}"
-        )
+        raise WorkloadError(f"no word list for language {language!r}; available: {', '.join(available_languages())}")
     text = resources.files("reranker_loadtest").joinpath("data", f"{language}.txt").read_text("utf-8")
     words = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not words:
@@ -117,9 +113,7 @@ class WorkloadSettings:
         if self.candidates < 1:
             raise WorkloadError(f"candidates must be positive, got {self.candidates}")
         if not 0.0 <= self.foreign_document_ratio <= 1.0:
-            raise WorkloadError(
-                f"foreign_document_ratio must be in [0, 1], got {self.foreign_document_ratio}"
-            )
+            raise WorkloadError(f"foreign_document_ratio must be in [0, 1], got {self.foreign_document_ratio}")
         if self.languages is not None:
             if not self.languages:
                 raise WorkloadError("languages must not be empty")

@@ -253,6 +253,8 @@ def test_invalid_unicode_and_top_n_fail_before_any_request() -> None:
             client.rerank("q", ["a"], top_n=-1)
         assert client.rerank("q", []) == []
         assert client.score("q", []).shape == (0,)
+    with pytest.raises(RuntimeError, match="closed"):
+        client.score("q", ["a"])
 
 
 def test_public_api_is_exported() -> None:
@@ -295,9 +297,7 @@ def limit16_server(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     from reranker_serve import TritonServer
     from support import export_cpu_repository
 
-    repository = export_cpu_repository(
-        xlmr_model_dir, tmp_path_factory.mktemp("repos") / "limit16", max_documents=16
-    )
+    repository = export_cpu_repository(xlmr_model_dir, tmp_path_factory.mktemp("repos") / "limit16", max_documents=16)
     with TritonServer(repository, log_file=tmp_path_factory.mktemp("logs") / "limit16.log") as server:
         yield server
 
@@ -355,9 +355,7 @@ def test_server_limit_is_read_and_long_lists_are_split(
         assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
         assert isinstance(raised.value.__cause__, InferenceServerException)
         assert raised.value.__cause__.status() == "StatusCode.INVALID_ARGUMENT"
-        np.testing.assert_allclose(
-            unsplit.score(QUERY, documents[:16]), one_request[:16], rtol=1e-5, atol=1e-5
-        )
+        np.testing.assert_allclose(unsplit.score(QUERY, documents[:16]), one_request[:16], rtol=1e-5, atol=1e-5)
 
     async def split_async() -> np.ndarray:
         async with AsyncRerankerClient(limit16_server.grpc_url) as client:
@@ -437,9 +435,7 @@ def test_dead_server_fails_unavailable_within_deadline(caplog: pytest.LogCapture
     assert elapsed < timeout
     assert sum("retrying" in r.getMessage() for r in caplog.records) >= 2
     with (
-        RerankerClient(
-            dead_url(), timeout=timeout, max_documents=16, retries=RetryPolicy.disabled()
-        ) as client,
+        RerankerClient(dead_url(), timeout=timeout, max_documents=16, retries=RetryPolicy.disabled()) as client,
         pytest.raises(ServerUnavailableError, match=r"after 1 attempt"),
     ):
         client.score(QUERY, ["a document"])
@@ -488,9 +484,7 @@ def test_server_restart_is_recovered_within_deadline(
         np.testing.assert_allclose(scores, before[0], rtol=1e-6, atol=1e-6)
 
 
-def test_async_client_concurrent_callers_get_their_own_results(
-    triton_server: Any, passages: list[str]
-) -> None:
+def test_async_client_concurrent_callers_get_their_own_results(triton_server: Any, passages: list[str]) -> None:
     # Each caller has its own query and its own documents (and count): a mix-up cannot go unseen.
     callers = [(f"{QUERY} ({i})", passages[i % 37 : i % 37 + 5 + i % 11]) for i in range(64)]
     with RerankerClient(triton_server.grpc_url) as client:
@@ -499,9 +493,7 @@ def test_async_client_concurrent_callers_get_their_own_results(
     async def run() -> tuple[list[np.ndarray], list[list[RerankResult]]]:
         async with AsyncRerankerClient(triton_server.grpc_url) as client:
             scores = await asyncio.gather(*(client.score(q, d) for q, d in callers))
-            ranked = await asyncio.gather(
-                *(client.rerank(q, d, top_n=3, return_documents=True) for q, d in callers)
-            )
+            ranked = await asyncio.gather(*(client.rerank(q, d, top_n=3, return_documents=True) for q, d in callers))
             assert await client.is_live() and await client.is_ready()
             await client.wait_until_ready(timeout=5)
             return list(scores), list(ranked)
@@ -598,12 +590,7 @@ def test_cli_rank_table_and_json(
     json_file.write_text(json.dumps(documents), encoding="utf-8")
 
     url = triton_server.grpc_url
-    assert (
-        cli.main(
-            ["rank", "--url", url, "--query", QUERY, "--documents-file", str(lines_file), "--top-n", "3"]
-        )
-        == 0
-    )
+    assert cli.main(["rank", "--url", url, "--query", QUERY, "--documents-file", str(lines_file), "--top-n", "3"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["rank", "index", "score", "document"]
     assert [int(line.split()[1]) for line in table[2:]] == expected
@@ -640,9 +627,7 @@ def test_cli_rank_table_and_json(
 
 def test_cli_failures_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = dead_url()
-    assert (
-        cli.main(["rank", "--url", url, "--query", "q", "--documents-file", str(tmp_path / "missing")]) == 2
-    )
+    assert cli.main(["rank", "--url", url, "--query", "q", "--documents-file", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read documents file" in err
 

@@ -104,8 +104,6 @@ def test_pip_resolves_client_extra_without_heavy_dependencies(tmp_path: Path) ->
     if result.returncode != 0 and "No matching distribution" in result.stderr + result.stdout:
         pytest.skip(f"PyPI not reachable: {result.stderr.strip().splitlines()[-1:]}")
     assert result.returncode == 0, result.stderr
-    installs = {
-        canonicalize_name(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]
-    }
+    installs = {canonicalize_name(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
     assert {"tritonclient", "grpcio", "numpy"} <= installs
     assert not HEAVY & installs, sorted(HEAVY & installs)
