@@ -1,47 +1,55 @@
 """Tiny cross-encoders built offline in seconds, for tests, demos and CI.
 
 The Hugging Face hub is out of reach where the tests run, so the test suite builds its own
-models: a tokenizer trained on a small multilingual corpus written for the project
-(``testdata/*.txt``: eight topics, six languages) and a 2-layer cross-encoder briefly trained to
-score (query, passage) pairs of the same topic above pairs of different topics.
+models from a small multilingual corpus written for the project (``testdata/``: eight topics,
+six languages, a train and a held-out split, and a topic lexicon). Two architectures show the
+pipeline is model-agnostic:
 
-Two architectures, so the pipeline is shown to be model-agnostic:
-
-- ``xlm-roberta``: ``XLMRobertaForSequenceClassification`` with a Unigram (sentencepiece-style)
-  tokenizer, special tokens and pair format of bge-reranker-v2-m3 (``<s> q </s></s> p </s>``);
+- ``xlm-roberta``: ``XLMRobertaForSequenceClassification`` with a sentencepiece-style Unigram
+  tokenizer, the special tokens and pair format of bge-reranker-v2-m3 (``<s> q </s></s> p </s>``);
 - ``bert``: ``BertForSequenceClassification`` with a WordPiece tokenizer, ``[CLS] q [SEP] p [SEP]``
   and ``token_type_ids``, like the ms-marco MiniLM cross-encoders.
 
-Held-out examples (:func:`relevance_examples`) come from sentences the model never saw in
-training, so a test can assert "the relevant document ranks first" end to end.
+How a 2-layer model learns relevance in a few hundred steps: its word embeddings start from
+the topic statistics of the training text (what pretrained embeddings would bring) and stay
+fixed while the layers learn to compare the query's topic with the passage's, from listwise
+groups (one same-topic passage, three other-topic ones) that mix natural sentences, synthetic
+texts drawn from each topic's vocabulary, and cross-lingual pairs. Nothing of the held-out
+split is trained on, so :func:`relevance_examples` measures generalisation.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
 import math
 import os
 import random
+import re
+import string
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "LANGUAGES",
+    "MAX_LENGTH",
     "TOPICS",
     "CorpusEntry",
     "RelevanceExample",
     "TestModelKind",
     "build_test_model",
     "corpus",
+    "lexicon",
     "long_document",
     "multilingual_probe_pairs",
     "relevance_examples",
@@ -58,23 +66,12 @@ class TestModelKind(str, Enum):
 
 
 LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "zh", "ru")
-TOPICS: tuple[str, ...] = (
-    "weather",
-    "cooking",
-    "football",
-    "space",
-    "health",
-    "trains",
-    "computers",
-    "gardening",
-)
+TOPICS: tuple[str, ...] = ("weather", "cooking", "football", "space", "health", "trains", "computers", "gardening")
 MAX_LENGTH = 512
-"""``model_max_length`` of the saved tokenizers; the models have positions for it."""
+"""``model_max_length`` of the saved tokenizers; the models have the positions for it."""
 
-_QUERY = "query"
-_PASSAGE = "passage"
-_TRAIN = "train"
-_TEST = "test"
+Kind = Literal["query", "passage"]
+Split = Literal["train", "test"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,10 +80,9 @@ class CorpusEntry:
 
     topic: str
     language: str
-    kind: str
-    """``"query"`` or ``"passage"``."""
-    split: str
-    """``"train"`` (the models learn from it) or ``"test"`` (held out)."""
+    kind: Kind
+    split: Split
+    """``"train"``: the models learn from it; ``"test"``: held out."""
     text: str
 
 
@@ -99,35 +95,44 @@ class RelevanceExample:
     relevant_index: int
 
 
+def _testdata(name: str) -> str:
+    return (resources.files("reranker_export") / "testdata" / name).read_text(encoding="utf-8")
+
+
+def _records(name: str, fields: int) -> Iterator[tuple[int, list[str]]]:
+    for number, line in enumerate(_testdata(name).splitlines(), start=1):
+        if line.strip() and not line.startswith("#"):
+            parts = [part.strip() for part in line.split(" | ")]
+            if len(parts) != fields or not all(parts):
+                raise ValueError(f"testdata/{name}:{number}: expected {fields} fields separated by ' | '")
+            yield number, parts
+
+
 @functools.cache
 def corpus() -> tuple[CorpusEntry, ...]:
-    """Every sentence of the corpus, in file order (language, then topic)."""
-    root = resources.files("reranker_export") / "testdata"
+    """Every sentence of the corpus, by language then topic (``testdata/<language>.txt``)."""
     entries: list[CorpusEntry] = []
     for language in LANGUAGES:
-        name = f"{language}.txt"
-        text = (root / name).read_text(encoding="utf-8")
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = [field.strip() for field in line.split(" | ", 3)]
-            if (
-                len(fields) != 4
-                or fields[0] not in TOPICS
-                or fields[1] not in (_QUERY, _PASSAGE)
-                or fields[2] not in (_TRAIN, _TEST)
-                or not fields[3]
-            ):
-                raise ValueError(f"testdata/{name}:{number}: expected 'topic | kind | split | text', got {line!r}")
-            entries.append(
-                CorpusEntry(topic=fields[0], language=language, kind=fields[1], split=fields[2], text=fields[3])
-            )
+        for number, (topic, kind, split, text) in _records(f"{language}.txt", 4):
+            if topic not in TOPICS or kind not in ("query", "passage") or split not in ("train", "test"):
+                raise ValueError(f"testdata/{language}.txt:{number}: bad topic, kind or split")
+            entries.append(CorpusEntry(topic=topic, language=language, kind=kind, split=split, text=text))  # type: ignore[arg-type]
     return tuple(entries)
 
 
-def _select(
-    *, topic: str | None = None, language: str | None = None, kind: str | None = None, split: str | None = None
-) -> list[str]:
+@functools.cache
+def lexicon() -> dict[tuple[str, str], tuple[str, ...]]:
+    """Topic vocabulary by (topic, language) (``testdata/lexicon.txt``); used for training only."""
+    words: dict[tuple[str, str], tuple[str, ...]] = {}
+    for number, (topic, language, text) in _records("lexicon.txt", 3):
+        if topic not in TOPICS or language not in LANGUAGES:
+            raise ValueError(f"testdata/lexicon.txt:{number}: unknown topic or language")
+        words[topic, language] = tuple(text.split())
+    return words
+
+
+def _texts(*, topic: str | None = None, language: str | None = None, kind: Kind | None = None,
+           split: Split | None = None) -> list[str]:  # fmt: skip
     return [
         e.text
         for e in corpus()
@@ -144,11 +149,12 @@ def _select(
 
 
 def relevance_examples(*, seed: int = 1, count: int = 20) -> list[RelevanceExample]:
-    """Held-out ranking examples: a query, 5-8 documents in its language, one of them on its topic.
+    """Held-out ranking examples: a query and 5-8 documents in its language, one on its topic.
 
     Neither the queries nor the documents were used to train the test models. The distractors
     are held-out passages of other topics in the same language, so ranking needs the topic,
-    not the language. The same seed gives the same examples.
+    not the language. There are 96 distinct (query, relevant document) combinations; a larger
+    ``count`` repeats them with other distractors. The same seed gives the same examples.
     """
     if count < 1:
         raise ValueError(f"count must be positive, got {count}")
@@ -157,17 +163,15 @@ def relevance_examples(*, seed: int = 1, count: int = 20) -> list[RelevanceExamp
         (topic, language, query, positive)
         for topic in TOPICS
         for language in LANGUAGES
-        for query in _select(topic=topic, language=language, kind=_QUERY, split=_TEST)
-        for positive in _select(topic=topic, language=language, kind=_PASSAGE, split=_TEST)
+        for query in _texts(topic=topic, language=language, kind="query", split="test")
+        for positive in _texts(topic=topic, language=language, kind="passage", split="test")
     ]
     examples: list[RelevanceExample] = []
     while len(examples) < count:
-        rng.shuffle(combos)  # more than len(combos) examples reuse queries with other distractors
+        rng.shuffle(combos)
         for topic, language, query, positive in combos[: count - len(examples)]:
             others = rng.sample([t for t in TOPICS if t != topic], rng.randint(4, 7))
-            documents = [
-                rng.choice(_select(topic=other, language=language, kind=_PASSAGE, split=_TEST)) for other in others
-            ]
+            documents = [rng.choice(_texts(topic=t, language=language, kind="passage", split="test")) for t in others]
             relevant_index = rng.randint(0, len(documents))
             documents.insert(relevant_index, positive)
             examples.append(RelevanceExample(query=query, documents=tuple(documents), relevant_index=relevant_index))
@@ -177,17 +181,14 @@ def relevance_examples(*, seed: int = 1, count: int = 20) -> list[RelevanceExamp
 def long_document(words: int) -> str:
     """A long multilingual passage of exactly ``words`` whitespace-separated words.
 
-    Passages of every topic and language, interleaved so that consecutive sentences change
-    language. 400 words are well past 512 tokens in either test tokenizer (a Chinese sentence
-    counts as one word but is dozens of tokens).
+    Passages of every topic and language, interleaved so consecutive sentences change language.
+    400 words are well past 512 tokens in either test tokenizer (a Chinese sentence counts as
+    one word but is a dozen tokens or more).
     """
     if words < 1:
         raise ValueError(f"words must be positive, got {words}")
-    by_group = [
-        _select(topic=topic, language=language, kind=_PASSAGE) for topic in TOPICS for language in LANGUAGES
-    ]
-    rows = max(len(group) for group in by_group)
-    sentences = [group[i] for i in range(rows) for group in by_group if i < len(group)]
+    groups = [_texts(topic=t, language=lang, kind="passage") for t in TOPICS for lang in LANGUAGES]
+    sentences = [group[i] for i in range(max(map(len, groups))) for group in groups if i < len(group)]
     tokens: list[str] = []
     while len(tokens) < words:
         for sentence in sentences:
@@ -198,27 +199,27 @@ def long_document(words: int) -> str:
 def multilingual_probe_pairs() -> list[tuple[str, str]]:
     """Fixed (query, passage) probes: six languages, cross-lingual, short and long.
 
-    Some passages are far past 512 tokens (they truncate), one query is past 384 tokens
-    (FlagReranker's default ``query_max_length`` for ``max_length=512``) and some text has
+    Some passages are far past 512 tokens (they truncate), two queries are past 384 tokens
+    (FlagReranker's default ``query_max_length`` for ``max_length=512``), one pair has
     irregular whitespace and punctuation.
     """
 
-    def first(topic: str, language: str, kind: str) -> str:
-        return _select(topic=topic, language=language, kind=kind, split=_TEST)[0]
+    def first(topic: str, language: str, kind: Kind) -> str:
+        return _texts(topic=topic, language=language, kind=kind, split="test")[0]
 
     return [
-        (first("weather", "en", _QUERY), first("weather", "en", _PASSAGE)),
-        (first("cooking", "de", _QUERY), first("cooking", "de", _PASSAGE)),
-        (first("football", "fr", _QUERY), first("football", "fr", _PASSAGE)),
-        (first("space", "es", _QUERY), first("space", "es", _PASSAGE)),
-        (first("health", "zh", _QUERY), first("health", "zh", _PASSAGE)),
-        (first("trains", "ru", _QUERY), first("trains", "ru", _PASSAGE)),
-        (first("computers", "en", _QUERY), first("computers", "zh", _PASSAGE)),
-        (first("gardening", "de", _QUERY), first("weather", "ru", _PASSAGE)),
+        (first("weather", "en", "query"), first("weather", "en", "passage")),
+        (first("cooking", "de", "query"), first("cooking", "de", "passage")),
+        (first("football", "fr", "query"), first("football", "fr", "passage")),
+        (first("space", "es", "query"), first("space", "es", "passage")),
+        (first("health", "zh", "query"), first("health", "zh", "passage")),
+        (first("trains", "ru", "query"), first("trains", "ru", "passage")),
+        (first("computers", "en", "query"), first("computers", "zh", "passage")),
+        (first("gardening", "de", "query"), first("weather", "ru", "passage")),
         ("  weather\tforecast   for the WEEKEND?!  ", "Rain, wind (40 km/h) & snow... Temperature: -3 to 5."),
-        (first("space", "en", _QUERY), long_document(700)),
-        (first("trains", "ru", _QUERY), first("trains", "ru", _PASSAGE) + " " + long_document(900)),
-        (long_document(450), first("cooking", "es", _PASSAGE)),
+        (first("space", "en", "query"), long_document(700)),
+        (first("trains", "ru", "query"), first("trains", "ru", "passage") + " " + long_document(900)),
+        (long_document(450), first("cooking", "es", "passage")),
         (long_document(600), long_document(800)),
     ]
 
@@ -227,12 +228,23 @@ def multilingual_probe_pairs() -> list[tuple[str, str]]:
 # Building
 # --------------------------------------------------------------------------------------------
 
-_DEFAULT_TRAIN_STEPS = {TestModelKind.XLM_ROBERTA: 300, TestModelKind.BERT: 300}
+_DEFAULT_TRAIN_STEPS = 400
 _VOCAB_SIZE = 4000
-_TRAIN_MAX_LENGTH = 128  # training pairs are short; keeps steps cheap
+_HIDDEN = 64
+_TRAIN_MAX_LENGTH = 128  # training texts are short; keeps the steps cheap
 _GROUPS_PER_STEP = 16
-_NEGATIVES_PER_GROUP = 7
+_NEGATIVES_PER_GROUP = 3
 _LEARNING_RATE = 2e-3
+_CROSS_LINGUAL_SHARE = 0.3
+_SYNTHETIC_SHARE = 0.5  # of the monolingual groups
+_WARM_START_SCALE = 3.0
+_LEXICON_WEIGHT = 3.0  # a lexicon word counts as this many occurrences in the topic statistics
+_PRIOR = 0.5  # additive smoothing of p(topic | token)
+_PUNCTUATION = ",.?!¿¡:;"
+# Every printable ASCII character and common typography stay known even where the corpus lacks
+# them, as in a real multilingual vocabulary (fewer <unk>s in probes and user text).
+_ALPHABET = sorted(set(string.ascii_letters + string.digits + string.punctuation + "°–—…«»„“”‘’€£¥§×·"))
+_CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 
 
 def build_test_model(
@@ -243,35 +255,37 @@ def build_test_model(
     train_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Train a tiny cross-encoder and its tokenizer; save both into ``output_dir``.
+    """Train a tiny cross-encoder and its tokenizer; save both into ``output_dir``; return it.
 
     ``output_dir`` then loads with ``AutoModelForSequenceClassification`` and ``AutoTokenizer``
     (fast tokenizer, ``model_max_length`` 512) and with FlagEmbedding's ``FlagReranker``.
-    The same ``seed`` (and ``train_steps``) gives the same weights. Returns ``output_dir``.
+    The same ``seed`` and ``train_steps`` give the same weights.
     """
-    import torch
-
     kind = TestModelKind(kind)
-    steps = _DEFAULT_TRAIN_STEPS[kind] if train_steps is None else train_steps
+    steps = _DEFAULT_TRAIN_STEPS if train_steps is None else train_steps
     if steps < 0:
         raise ValueError(f"train_steps must be >= 0, got {steps}")
     say = progress or (lambda _line: None)
     output_dir = Path(output_dir)
 
-    texts = [e.text for e in corpus()]
-    say(f"training a {kind.value} tokenizer on {len(texts)} sentences in {len(LANGUAGES)} languages")
-    tokenizer = _train_xlmr_tokenizer(texts) if kind is TestModelKind.XLM_ROBERTA else _train_bert_tokenizer(texts)
+    texts = [e.text for e in corpus()] + [" ".join(words) for words in lexicon().values()]
+    say(f"training a {kind.value} tokenizer on {len(texts)} texts in {len(LANGUAGES)} languages")
+    tokenizer = _xlmr_tokenizer(texts) if kind is TestModelKind.XLM_ROBERTA else _bert_tokenizer(texts)
 
-    with _deterministic_torch(seed):
-        model = _new_model(kind, len(tokenizer), tokenizer)
+    with _seeded_torch(seed):
+        model = _new_model(kind, tokenizer)
+        _warm_start(model, _topic_statistics(tokenizer), seed=seed)
         n_params = sum(p.numel() for p in model.parameters())
         say(f"training {type(model).__name__} ({n_params / 1e3:.0f}k parameters) for {steps} steps")
-        _train(model, tokenizer, steps=steps, seed=seed, say=say)
+        _train(model, tokenizer, _TrainingData(tokenizer, random.Random(seed)), steps=steps, say=say)
         model.eval()
-        with torch.inference_mode():
-            correct = _held_out_top1(model, tokenizer)
-    say(f"held-out top-1 accuracy: {correct}")
+        correct, total = _top1(model, tokenizer, relevance_examples(count=96))
+    say(f"held-out top-1: {correct}/{total} ({correct / total:.0%})")
 
+    # Calls with truncation/padding leave them set on the backend; tokenizer.json must not carry
+    # them (hub files have none), or a step that loads it with `tokenizers` inherits them.
+    tokenizer.backend_tokenizer.no_truncation()
+    tokenizer.backend_tokenizer.no_padding()
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
@@ -280,8 +294,8 @@ def build_test_model(
 
 
 @contextlib.contextmanager
-def _deterministic_torch(seed: int) -> Iterator[None]:
-    """Seed torch without disturbing the caller's RNG; one thread so results do not depend on the host."""
+def _seeded_torch(seed: int) -> Iterator[None]:
+    """Seed torch without disturbing the caller's RNG; one thread, so results do not depend on the host."""
     import torch
 
     threads = torch.get_num_threads()
@@ -296,74 +310,106 @@ def _deterministic_torch(seed: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _tokenizers_single_threaded() -> Iterator[None]:
-    # The Rust trainers sum floats in parallel; one thread makes the vocabulary reproducible.
+    # The Rust trainers reduce floats in parallel; one thread makes the vocabulary reproducible.
     previous = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            del os.environ["TOKENIZERS_PARALLELISM"]
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def _train_xlmr_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
+def _xlmr_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
+    """A Unigram (sentencepiece-style) tokenizer with XLM-R's special tokens, ids and pair template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import XLMRobertaTokenizerFast
+    from transformers import XLMRobertaTokenizer
 
     special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     backend = Tokenizer(models.Unigram())
-    # The same pre-tokenizer XLMRobertaTokenizerFast builds, so training matches inference.
+    # The pre-tokenizer XLMRobertaTokenizer builds, so training sees what inference sees.
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
     )
     trainer = trainers.UnigramTrainer(
-        vocab_size=_VOCAB_SIZE, special_tokens=special, unk_token="<unk>", show_progress=False
+        vocab_size=_VOCAB_SIZE,
+        special_tokens=special,
+        unk_token="<unk>",
+        initial_alphabet=_ALPHABET,
+        show_progress=False,
     )
     with _tokenizers_single_threaded():
         backend.train_from_iterator(texts, trainer=trainer)
-    vocab = [(piece, score) for piece, score in json.loads(backend.to_str())["model"]["vocab"]]
-    if [piece for piece, _ in vocab[: len(special)]] != special:
-        raise AssertionError(f"special tokens out of place: {vocab[: len(special)]}")
-    # Built from the vocabulary by the transformers class itself, so the saved tokenizer.json and
-    # AutoTokenizer agree exactly (transformers 5 rebuilds the pipeline from the class).
-    return XLMRobertaTokenizerFast(vocab=vocab, model_max_length=MAX_LENGTH)
+    trained: list[tuple[str, float]] = [(p, s) for p, s in json.loads(backend.to_str())["model"]["vocab"]]
+    if [piece for piece, _ in trained[: len(special)]] != special:
+        raise AssertionError(f"special tokens out of place: {trained[: len(special)]}")
+    # On a corpus this small the trainer cuts common words into pieces shared across topics
+    # ("der" -> "▁de" "r") and keeps sentence-specific runs of Chinese characters. Whole words
+    # as pieces (as WordPiece keeps them) and single Chinese characters plus the lexicon's
+    # Chinese words make token meanings learnable; the trained pieces stay as the fallback.
+    best = max(score for _, score in trained[len(special) :])
+    vocab = [(p, s) for p, s in trained if not (_CJK.search(p) and len(p.lstrip("▁")) > 1)]
+    known = {piece for piece, _ in vocab}
+    words: set[str] = set()
+    for text in texts:
+        for word in text.split():
+            if _CJK.search(word):
+                continue
+            for run in re.finditer(r"[^\W\d_]+", word):
+                words.add("▁" + run.group() if run.start() == 0 else run.group())
+    for language_words in lexicon().values():
+        for word in language_words:
+            if _CJK.search(word) and len(word) > 1:
+                words.update((word, "▁" + word))
+    vocab += [(word, best) for word in sorted(words - known)]
+    # transformers builds the pipeline from the vocabulary itself, so the saved tokenizer.json
+    # and AutoTokenizer agree exactly (transformers 5 rebuilds XLM-R tokenizers from the class).
+    return XLMRobertaTokenizer(vocab=vocab, model_max_length=MAX_LENGTH)
 
 
-def _train_bert_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
+def _bert_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
+    """A lowercasing WordPiece tokenizer with BERT's special tokens and pair template."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # As BertTokenizerFast(do_lower_case=True) builds it: lowercase, strip accents, split CJK chars.
+    # As BertTokenizer(do_lower_case=True) builds it: lowercase, strip accents, split CJK chars.
     backend.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
     )
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=_VOCAB_SIZE, special_tokens=special, show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=_VOCAB_SIZE, special_tokens=special, initial_alphabet=_ALPHABET, show_progress=False
+    )
     with _tokenizers_single_threaded():
         backend.train_from_iterator(texts, trainer=trainer)
     vocab = backend.get_vocab()
     if [vocab[token] for token in special] != list(range(len(special))):
         raise AssertionError(f"special tokens out of place: {[vocab[token] for token in special]}")
-    return BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=MAX_LENGTH)
+    return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=MAX_LENGTH)
 
 
-def _new_model(kind: TestModelKind, vocab_size: int, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    from transformers import BertConfig, BertForSequenceClassification, XLMRobertaConfig
-    from transformers import XLMRobertaForSequenceClassification
+def _new_model(kind: TestModelKind, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+    )
 
     shape = {
-        "vocab_size": vocab_size,
-        "hidden_size": 64,
+        "vocab_size": len(tokenizer),
+        "hidden_size": _HIDDEN,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
-        "intermediate_size": 128,
+        "intermediate_size": 2 * _HIDDEN,
         "num_labels": 1,
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "pad_token_id": tokenizer.pad_token_id,
     }
     if kind is TestModelKind.XLM_ROBERTA:
         # Positions start after padding_idx (1), so 512 tokens need 514 positions, as in XLM-R.
@@ -371,43 +417,123 @@ def _new_model(kind: TestModelKind, vocab_size: int, tokenizer: PreTrainedTokeni
             **shape,
             max_position_embeddings=MAX_LENGTH + 2,
             type_vocab_size=1,
-            pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         return XLMRobertaForSequenceClassification(config)
-    config = BertConfig(**shape, max_position_embeddings=MAX_LENGTH, type_vocab_size=2, pad_token_id=tokenizer.pad_token_id)
-    return BertForSequenceClassification(config)
+    return BertForSequenceClassification(BertConfig(**shape, max_position_embeddings=MAX_LENGTH, type_vocab_size=2))
 
 
-def _training_groups(rng: random.Random) -> Iterator[tuple[str, list[str]]]:
-    """Endless (query, [positive, negative, ...]) groups from the train split."""
-    queries = {
-        (t, lang): _select(topic=t, language=lang, kind=_QUERY, split=_TRAIN) for t in TOPICS for lang in LANGUAGES
-    }
-    passages = {
-        (t, lang): _select(topic=t, language=lang, kind=_PASSAGE, split=_TRAIN)
-        for t in TOPICS
-        for lang in LANGUAGES
-    }
-    while True:
-        topic, language = rng.choice(TOPICS), rng.choice(LANGUAGES)
-        # Passages double as queries: more pairs to learn "same topic" from a small corpus.
-        query = rng.choice(queries[topic, language] if rng.random() < 0.6 else passages[topic, language])
-        positive = rng.choice([p for p in passages[topic, language] if p != query])
-        negatives = [
-            rng.choice(passages[other, language])
-            for other in rng.sample([t for t in TOPICS if t != topic], _NEGATIVES_PER_GROUP)
-        ]
-        yield query, [positive, *negatives]
+def _units(tokenizer: PreTrainedTokenizerBase, language: str, text: str) -> list[str]:
+    """Words of a text; for Chinese (no spaces) the tokenizer's own pieces."""
+    if language == "zh":
+        pieces = (piece.lstrip("▁") for piece in tokenizer.tokenize(text))
+    else:
+        pieces = (word.strip(_PUNCTUATION) for word in text.split())
+    return [piece for piece in pieces if piece]
+
+
+def _topic_statistics(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """Smoothed, centred p(topic | token) from the train split and the lexicon: [vocab, topics]."""
+    import torch
+
+    counts = torch.zeros(len(tokenizer), len(TOPICS), dtype=torch.float64)
+
+    def add(text: str, topic: str, weight: float) -> None:
+        for token_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            counts[token_id, TOPICS.index(topic)] += weight
+
+    for entry in corpus():
+        if entry.split == "train":
+            add(entry.text, entry.topic, 1.0)
+    for (topic, language), words in lexicon().items():
+        for word in words:
+            add(word, topic, _LEXICON_WEIGHT)
+        if language == "zh":  # inside a sentence a Chinese word has no "▁" in front
+            add("".join(words), topic, _LEXICON_WEIGHT)
+    p = (counts + _PRIOR) / (counts.sum(dim=1, keepdim=True) + _PRIOR * len(TOPICS))
+    return (p - 1 / len(TOPICS)).float()
+
+
+def _warm_start(model: PreTrainedModel, statistics: torch.Tensor, *, seed: int) -> None:
+    """Write the topic statistics into the word embeddings along a fixed random orthonormal basis."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(_HIDDEN, len(TOPICS), generator=generator))[0].T  # [topics, hidden]
+    with torch.no_grad():
+        model.get_input_embeddings().weight += _WARM_START_SCALE * statistics @ basis
+
+
+class _TrainingData:
+    """Endless listwise groups (query, [positive, negative, ...]) from the train split and the lexicon."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, rng: random.Random) -> None:
+        self.rng = rng
+        keys = [(t, lang) for t in TOPICS for lang in LANGUAGES]
+        self.queries = {k: _texts(topic=k[0], language=k[1], kind="query", split="train") for k in keys}
+        self.passages = {k: _texts(topic=k[0], language=k[1], kind="passage", split="train") for k in keys}
+        self.pools: dict[tuple[str, str], list[str]] = {}
+        function_words: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for topic, language in keys:
+            units = [u for text in self.queries[topic, language] + self.passages[topic, language]
+                     for u in _units(tokenizer, language, text)]  # fmt: skip
+            self.pools[topic, language] = 2 * list(lexicon()[topic, language]) + units
+            function_words[language].update(set(units))
+        # Words found in three topics or more: the glue that makes synthetic text look like text.
+        self.function_words = {
+            language: sorted(w for w, n in counter.items() if n >= 3) for language, counter in function_words.items()
+        }
+
+    def synthetic(self, topic: str, language: str, low: int, high: int) -> str:
+        """Random words of one topic mixed with function words: cannot be memorised as a sentence."""
+        rng = self.rng
+        pool = self.pools[topic, language]
+        words = rng.sample(pool, min(len(pool), rng.randint(max(1, low // 2), max(1, high // 2))))
+        words += [rng.choice(self.function_words[language]) for _ in range(rng.randint(low // 2 + 1, high))]
+        rng.shuffle(words)
+        return ("" if language == "zh" else " ").join(words)
+
+    def __iter__(self) -> Iterator[tuple[str, list[str]]]:
+        rng = self.rng
+        while True:
+            topic, language = rng.choice(TOPICS), rng.choice(LANGUAGES)
+            topics = [topic, *rng.sample([t for t in TOPICS if t != topic], _NEGATIVES_PER_GROUP)]
+            if rng.random() < _CROSS_LINGUAL_SHARE:
+                # Only the topic carries across languages: teaches the model to compare topics.
+                other = rng.choice([lang for lang in LANGUAGES if lang != language])
+                query = (
+                    rng.choice(self.queries[topic, language])
+                    if rng.random() < 0.5
+                    else self.synthetic(topic, language, 2, 5)
+                )
+                if rng.random() < 0.5:
+                    yield query, [rng.choice(self.passages[t, other]) for t in topics]
+                else:
+                    yield query, [self.synthetic(t, other, 6, 14) for t in topics]
+            elif rng.random() < _SYNTHETIC_SHARE:
+                query = (
+                    self.synthetic(topic, language, 2, 6)
+                    if rng.random() < 0.7
+                    else rng.choice(self.queries[topic, language])
+                )
+                yield query, [self.synthetic(t, language, 6, 14) for t in topics]
+            else:
+                positive = rng.choice(self.passages[topic, language])
+                query = (
+                    rng.choice(self.queries[topic, language])
+                    if rng.random() < 0.6
+                    else rng.choice([p for p in self.passages[topic, language] if p != positive])
+                )
+                yield query, [positive, *(rng.choice(self.passages[t, language]) for t in topics[1:])]
 
 
 def _train(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
+    data: _TrainingData,
     *,
     steps: int,
-    seed: int,
     say: Callable[[str], None],
 ) -> None:
     """Listwise softmax cross-entropy over (positive, negatives) groups, as rerankers are trained."""
@@ -415,14 +541,16 @@ def _train(
 
     if steps == 0:
         return
-    groups = _training_groups(random.Random(seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=_LEARNING_RATE, weight_decay=0.01)
+    groups = iter(data)
+    embeddings = model.get_input_embeddings().weight
+    embeddings.requires_grad_(False)  # keep the warm start: unseen words keep their topic meaning
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=_LEARNING_RATE)
     warmup = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / (steps - warmup + 1)))
     )
     width = 1 + _NEGATIVES_PER_GROUP
-    target = torch.zeros(_GROUPS_PER_STEP, dtype=torch.long)  # the positive is first in each group
+    target = torch.zeros(_GROUPS_PER_STEP, dtype=torch.long)  # the positive comes first in each group
     model.train()
     for step in range(1, steps + 1):
         batch = [next(groups) for _ in range(_GROUPS_PER_STEP)]
@@ -441,22 +569,29 @@ def _train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        if step % 50 == 0 or step == steps:
+        if step % 100 == 0 or step == steps:
             say(f"step {step}/{steps}: loss {loss.item():.3f} (chance {math.log(width):.3f})")
+    embeddings.requires_grad_(True)
 
 
-def _held_out_top1(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
-    examples = relevance_examples(seed=1, count=len(TOPICS) * len(LANGUAGES) * 2)
+def _top1(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[RelevanceExample]
+) -> tuple[int, int]:
+    """How many examples rank their relevant document first (all pairs in one batch)."""
+    import torch
+
+    inputs = tokenizer(
+        [example.query for example in examples for _ in example.documents],
+        [document for example in examples for document in example.documents],
+        padding=True,
+        truncation="only_second",
+        max_length=MAX_LENGTH,
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        scores = model(**inputs).logits.view(-1).tolist()
     correct = 0
     for example in examples:
-        inputs = tokenizer(
-            [example.query] * len(example.documents),
-            list(example.documents),
-            padding=True,
-            truncation="only_second",
-            max_length=MAX_LENGTH,
-            return_tensors="pt",
-        )
-        scores = model(**inputs).logits.view(-1)
-        correct += int(scores.argmax().item() == example.relevant_index)
-    return f"{correct}/{len(examples)} ({correct / len(examples):.0%})"
+        mine, scores = scores[: len(example.documents)], scores[len(example.documents) :]
+        correct += int(max(range(len(mine)), key=mine.__getitem__) == example.relevant_index)
+    return correct, len(examples)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -111,6 +112,8 @@ class BenchSettings:
     """Largest accepted |score(a) - score(b)| on the check request; ``None``: 1e-3 FP32, 5e-2 FP16."""
     seed: int = 0
     """Seed of the random weights."""
+    breakdown: bool = False
+    """After the comparison, time each part of both stacks in-process (CPU mode)."""
 
     def __post_init__(self) -> None:
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -153,6 +156,14 @@ class LevelResult:
     p95_ms: float
     p99_ms: float
     first_error: str | None = None
+    server_cpu_s: float | None = None
+    """CPU seconds the server's processes used during the level (user + system, all threads)."""
+
+    @property
+    def cpu_s_per_request(self) -> float | None:
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s / self.requests
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,6 +179,12 @@ class Comparison:
     def latency_ratio(self, which: str) -> float:
         ref = float(getattr(self.reference, which))
         return float(getattr(self.triton, which)) / ref if ref else float("nan")
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Server CPU per request, (b)/(a): how many times less CPU this deployment spends per request."""
+        a, b = self.triton.cpu_s_per_request, self.reference.cpu_s_per_request
+        return b / a if a and b else float("nan")
 
 
 def summarize(
@@ -208,10 +225,13 @@ def run_level(
     concurrency: int,
     requests: int,
     start_index: int = 0,
+    server_cpu: Callable[[], float] | None = None,
 ) -> LevelResult:
     """``concurrency`` closed-loop workers send requests ``start_index ..`` until ``requests`` are done.
 
     ``make_call`` builds one caller per worker thread (its own HTTP session, or the shared client).
+    ``server_cpu`` returns the CPU seconds used so far by the system under test; the level
+    reports the difference, which other tenants of the machine do not inflate.
     """
     pool = [workload.request(start_index + i) for i in range(requests)]
     counter = itertools.count()
@@ -240,12 +260,33 @@ def run_level(
                     failures += 1
                     first_error = first_error or error[:300]
 
+    cpu_before = server_cpu() if server_cpu is not None else None
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"bench-{system}") as executor:
         for future in [executor.submit(worker) for _ in range(concurrency)]:
             future.result()
     wall = time.perf_counter() - started
-    return summarize(system, concurrency, latencies, failures, wall, workload.settings.candidates, first_error)
+    result = summarize(system, concurrency, latencies, failures, wall, workload.settings.candidates, first_error)
+    if server_cpu is not None and cpu_before is not None:
+        result = dataclasses.replace(result, server_cpu_s=server_cpu() - cpu_before)
+    return result
+
+
+def process_tree_cpu(pid: int) -> Callable[[], float]:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+
+    def total() -> float:
+        seconds = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                seconds += times.user + times.system
+        return seconds
+
+    return total
 
 
 # -- the two systems -----------------------------------------------------------------------
@@ -289,6 +330,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class RunningReference:
+    url: str
+    """Base URL, ``http://127.0.0.1:PORT``."""
+    pid: int
+
+
 @contextlib.contextmanager
 def reference_server(
     model_dir: Path,
@@ -300,8 +348,8 @@ def reference_server(
     log_path: Path,
     max_length: int = 512,
     startup_timeout_s: float = 300.0,
-) -> Iterator[str]:
-    """Start the FastAPI + FlagReranker server on a free loopback port; yield its base URL."""
+) -> Iterator[RunningReference]:
+    """Start the FastAPI + FlagReranker server on a free loopback port; yield its URL and pid."""
     port = _free_port()
     command = [
         sys.executable, "-m", "reranker_loadtest.reference_server",
@@ -330,7 +378,7 @@ def reference_server(
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"reference server not up after {startup_timeout_s:g} s (log: {log_path})")
             time.sleep(0.5)  # polling interval while the server starts, bounded by the deadline
-        yield base_url
+        yield RunningReference(url=base_url, pid=process.pid)
     finally:
         process.terminate()
         try:
@@ -464,6 +512,73 @@ def export_repository(
     return repo_dir
 
 
+# -- where the time goes -------------------------------------------------------------------
+
+
+def time_breakdown(
+    model_dir: Path,
+    onnx_path: Path,
+    workload: Workload,
+    *,
+    threads: int,
+    max_length: int = 512,
+    requests: int = 3,
+    progress: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Median seconds per request of each part of the two stacks, measured in this process, one at a time.
+
+    ``flagreranker_compute_score``: the reference's whole call; ``hf_tokenize_pairs``: one
+    tokenizer call on the 50 pairs (padding to the longest, as FlagReranker pads);
+    ``torch_forward``: one PyTorch forward on that batch; ``onnxruntime_forward``: one
+    onnxruntime run of the exported model on the same batch, with the session options of the
+    ``cpu`` profile (sequential executor, no spinning). Comparing them with the served
+    latencies at concurrency 1 shows where each stack spends its time.
+    """
+    import onnxruntime as ort
+    import torch
+    from FlagEmbedding import FlagReranker
+
+    torch.set_num_threads(threads)
+    reranker = FlagReranker(str(model_dir), devices=["cpu"], max_length=max_length)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    input_names = {i.name for i in session.get_inputs()}
+    parts: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        value = fn(*args, **kwargs)
+        parts.setdefault(name, []).append(time.perf_counter() - started)
+        return value
+
+    for index in range(requests + 1):  # request 0 warms every path up and is not counted
+        request = workload.request(index)
+        progress(f"breakdown: request {index} ({'warm-up' if index == 0 else 'measured'})")
+        timed("flagreranker_compute_score", reranker.compute_score, [[request.query, d] for d in request.documents])
+        batch = timed(
+            "hf_tokenize_pairs",
+            reranker.tokenizer,
+            [request.query] * len(request.documents),
+            list(request.documents),
+            padding=True,
+            truncation="only_second",
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            timed("torch_forward", reranker.model, **batch)
+        feed = {k: v.numpy() for k, v in batch.items() if k in input_names}
+        timed("onnxruntime_forward", session.run, None, feed)
+        parts.setdefault("padded_tokens", []).append(float(batch["input_ids"].numel()))
+        if index == 0:
+            parts.clear()
+    return {name: float(np.median(values)) for name, values in parts.items()}
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -474,6 +589,8 @@ class BenchReport:
     parity_max_abs_diff: float
     comparisons: tuple[Comparison, ...]
     command: str
+    breakdown: dict[str, float] | None = None
+    """Median seconds per request of each part of both stacks (``--breakdown``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -481,6 +598,7 @@ class BenchReport:
             "machine": self.machine,
             "command": self.command,
             "parity_max_abs_diff": self.parity_max_abs_diff,
+            "breakdown_s": self.breakdown,
             "levels": [
                 {
                     "concurrency": c.concurrency,
@@ -490,6 +608,7 @@ class BenchReport:
                     "p50_ratio": c.latency_ratio("p50_ms"),
                     "p95_ratio": c.latency_ratio("p95_ms"),
                     "p99_ratio": c.latency_ratio("p99_ms"),
+                    "server_cpu_ratio": c.cpu_ratio,
                 }
                 for c in self.comparisons
             ],
@@ -562,9 +681,14 @@ def compare(
     *,
     triton_url: str,
     reference_url: str,
+    triton_pid: int | None = None,
+    reference_pid: int | None = None,
     progress: Callable[[str], None] = print,
 ) -> tuple[float, tuple[Comparison, ...]]:
-    """Measure both running systems at every concurrency level; returns (parity diff, comparisons)."""
+    """Measure both running systems at every concurrency level; returns (parity diff, comparisons).
+
+    With the servers' pids (local servers), each level also reports the CPU time they used.
+    """
     workload = Workload(settings.workload)
     timeout = settings.request_timeout_s
     make_triton = triton_caller(triton_url, timeout)
@@ -572,6 +696,8 @@ def compare(
     diff = check_parity(workload, make_triton(), make_reference(), settings.effective_tolerance)
     progress(f"parity: max |score(a) - score(b)| = {diff:.2e} on request 0")
     callers = {SYSTEM_TRITON: make_triton, SYSTEM_REFERENCE: make_reference}
+    pids = {SYSTEM_TRITON: triton_pid, SYSTEM_REFERENCE: reference_pid}
+    cpu = {system: process_tree_cpu(pid) if pid is not None else None for system, pid in pids.items()}
     if settings.warmup_requests:
         for system, make in callers.items():
             progress(f"warm-up: {settings.warmup_requests} requests to {system}")
@@ -590,11 +716,14 @@ def compare(
         results = {}
         for system in order:
             progress(f"concurrency {concurrency}: {requests} requests to {system} ...")
-            result = run_level(system, callers[system], workload, concurrency=concurrency, requests=requests)
+            result = run_level(
+                system, callers[system], workload, concurrency=concurrency, requests=requests, server_cpu=cpu[system]
+            )
+            cpu_note = f", server CPU {result.cpu_s_per_request:.2f} s/request" if result.cpu_s_per_request else ""
             progress(
                 f"  {system}: {result.pairs_per_s:.1f} pairs/s, p50 {result.p50_ms:.0f} / "
                 f"p95 {result.p95_ms:.0f} / p99 {result.p99_ms:.0f} ms, "
-                f"{result.failures} failures in {result.wall_s:.1f} s"
+                f"{result.failures} failures in {result.wall_s:.1f} s{cpu_note}"
             )
             results[system] = result
         comparisons.append(
@@ -628,6 +757,7 @@ def run_benchmark(
     logs = settings.output_dir / "logs"
     on_gpu = settings.device is Device.GPU
     with contextlib.ExitStack() as stack:
+        triton_pid: int | None = None
         if settings.triton_url is not None:
             triton_url = settings.triton_url
         else:
@@ -640,8 +770,9 @@ def run_benchmark(
             except ServeError as exc:
                 raise BenchmarkError(f"Triton did not start: {exc}") from exc
             triton_url = server.grpc_url
+            triton_pid = server.pid
         progress(f"starting the reference server (FastAPI + FlagReranker, {threads} torch threads)")
-        reference_url = stack.enter_context(
+        reference = stack.enter_context(
             reference_server(
                 model_dir,
                 device="cuda:0" if on_gpu else "cpu",
@@ -651,13 +782,39 @@ def run_benchmark(
                 log_path=logs / "reference.log",
             )
         )
-        diff, comparisons = compare(settings, triton_url=triton_url, reference_url=reference_url, progress=progress)
+        diff, comparisons = compare(
+            settings,
+            triton_url=triton_url,
+            reference_url=reference.url,
+            triton_pid=triton_pid,
+            reference_pid=reference.pid,
+            progress=progress,
+        )
+    breakdown = None
+    if settings.breakdown and not on_gpu:  # both servers are down: the breakdown has the cores to itself
+        breakdown = run_breakdown(settings, progress=progress)
     return BenchReport(
         settings=_settings_dict(settings),
         machine=machine_info(settings.device),
         parity_max_abs_diff=diff,
         comparisons=comparisons,
         command=command,
+        breakdown=breakdown,
+    )
+
+
+def run_breakdown(settings: BenchSettings, *, progress: Callable[[str], None] = print) -> dict[str, float]:
+    """:func:`time_breakdown` on the benchmark's model and exported ONNX file (CPU)."""
+    model_dir = settings.work_dir / "model"
+    onnx_path = settings.work_dir / "repository" / "reranker_model" / "1" / "model.onnx"
+    if not onnx_path.is_file():
+        raise BenchmarkError(f"no exported model at {onnx_path}: run the benchmark (or --prepare-only) first")
+    return time_breakdown(
+        model_dir,
+        onnx_path,
+        Workload(settings.workload),
+        threads=settings.effective_threads,
+        progress=progress,
     )
 
 
@@ -680,14 +837,19 @@ def _settings_dict(settings: BenchSettings) -> dict[str, Any]:
 
 
 def format_table(comparisons: Sequence[Comparison]) -> str:
-    header = ("c", "system", "pairs/s", "p50 ms", "p95 ms", "p99 ms", "fail", "thr (a)/(b)", "p95 (a)/(b)")
+    header = ("c", "system", "pairs/s", "p50 ms", "p95 ms", "p99 ms", "fail", "CPU s/req", "thr (a)/(b)",
+              "p95 (a)/(b)", "CPU (b)/(a)")  # fmt: skip
     rows = [header]
     for c in comparisons:
         for label, r in (("(a) triton", c.triton), ("(b) reference", c.reference)):
-            ratios = (f"{c.throughput_ratio:.2f}x", f"{c.latency_ratio('p95_ms'):.2f}") if r is c.triton else ("", "")
+            ratios = (
+                (f"{c.throughput_ratio:.2f}x", f"{c.latency_ratio('p95_ms'):.2f}", f"{c.cpu_ratio:.2f}x")
+                if r is c.triton
+                else ("", "", "")
+            )
             rows.append(
                 (str(c.concurrency), label, f"{r.pairs_per_s:.1f}", f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}",
-                 f"{r.p99_ms:.0f}", f"{r.failures}/{r.requests}", *ratios)
+                 f"{r.p99_ms:.0f}", f"{r.failures}/{r.requests}", _cpu_cell(r), *ratios)
             )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
@@ -710,25 +872,44 @@ def format_markdown(report: BenchReport) -> str:
         + (f", GPU {m['gpu']}" if "gpu" in m else "")
         + f"; {m.get('platform')}",
         "",
-        "| concurrency | system | pairs/s | p50 ms | p95 ms | p99 ms | failures "
-        "| throughput (a)/(b) | p50 (a)/(b) | p95 (a)/(b) | p99 (a)/(b) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| concurrency | system | pairs/s | p50 ms | p95 ms | p99 ms | failures | server CPU s/request "
+        "| throughput (a)/(b) | p50 (a)/(b) | p95 (a)/(b) | p99 (a)/(b) | server CPU (b)/(a) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report.comparisons:
         for label, r in (("(a) Triton", c.triton), ("(b) reference", c.reference)):
             if r is c.triton:
                 ratios = (f"**{c.throughput_ratio:.2f}x**", f"{c.latency_ratio('p50_ms'):.2f}",
-                          f"{c.latency_ratio('p95_ms'):.2f}", f"{c.latency_ratio('p99_ms'):.2f}")  # fmt: skip
+                          f"{c.latency_ratio('p95_ms'):.2f}", f"{c.latency_ratio('p99_ms'):.2f}",
+                          f"{c.cpu_ratio:.2f}x")  # fmt: skip
             else:
-                ratios = ("", "", "", "")
+                ratios = ("", "", "", "", "")
             lines.append(
                 f"| {c.concurrency} | {label} | {r.pairs_per_s:.1f} | {r.p50_ms:.0f} | {r.p95_ms:.0f} "
-                f"| {r.p99_ms:.0f} | {r.failures}/{r.requests} | " + " | ".join(ratios) + " |"
+                f"| {r.p99_ms:.0f} | {r.failures}/{r.requests} | {_cpu_cell(r)} | " + " | ".join(ratios) + " |"
             )
     lines += ["", f"Score parity on request 0: max |a - b| = {report.parity_max_abs_diff:.2e}."]
+    if report.breakdown:
+        lines += ["", format_breakdown(report.breakdown)]
     if report.command:
         lines += ["", f"Command: `{report.command}`"]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_cell(result: LevelResult) -> str:
+    per_request = result.cpu_s_per_request
+    return f"{per_request:.2f}" if per_request is not None else "n/a"
+
+
+def format_breakdown(breakdown: dict[str, float]) -> str:
+    """The in-process parts as a markdown table (median seconds per request)."""
+    lines = ["| part (in-process, one request at a time) | median s |", "|---|---:|"]
+    for name, value in breakdown.items():
+        if name == "padded_tokens":
+            lines.append(f"| padded tokens per request | {value:.0f} |")
+        else:
+            lines.append(f"| {name} | {value:.3f} |")
+    return "\n".join(lines)
 
 
 def write_report(report: BenchReport, output_dir: Path) -> tuple[Path, Path]:
@@ -791,6 +972,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton-url", default=None, help="use this running Triton (host:port) instead of starting one"
     )
     parser.add_argument(
+        "--breakdown", action="store_true", help="then time each part of both stacks in-process (CPU mode)"
+    )
+    parser.add_argument(
+        "--breakdown-only", action="store_true", help="only the in-process breakdown (model and repository exist)"
+    )
+    parser.add_argument(
         "--prepare-only", action="store_true", help="build the model and export the repository, then exit"
     )
     return parser
@@ -819,7 +1006,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             work_dir=args.work_dir,
             output_dir=args.output_dir,
             triton_url=args.triton_url,
+            breakdown=args.breakdown,
         )
+        if args.breakdown_only:
+            if settings.device is not Device.CPU:
+                raise BenchmarkError("the in-process breakdown runs in CPU mode only")
+            breakdown = run_breakdown(settings, progress=say)
+            print(format_breakdown(breakdown))
+            settings.output_dir.mkdir(parents=True, exist_ok=True)
+            path = settings.output_dir / "breakdown.json"
+            path.write_text(json.dumps({"machine": machine_info(settings.device), "breakdown_s": breakdown}, indent=2))
+            print(f"\nresults: {path}")
+            return 0
         if args.prepare_only:
             model_dir = build_bench_model(
                 settings.work_dir / "model", settings.architecture, seed=settings.seed, progress=say

@@ -167,7 +167,7 @@ def build_requests(tokenizer_json: Path, settings: ServingBenchSettings) -> list
     The text is the test corpus (six languages) the tiny model's tokenizer was trained on, so
     tokens per word are those of real text for that vocabulary, not of unknown characters.
     """
-    from reranker_export.testmodels import TOPICS, corpus, long_document
+    from reranker_export.testmodels import corpus, long_document
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
@@ -188,7 +188,7 @@ def build_requests(tokenizer_json: Path, settings: ServingBenchSettings) -> list
         end = encoding.offsets[min(settings.document_tokens, len(encoding.ids)) - 1][1]
         pool.append(text[:end])
         position = (position + span) % (len(words) - 200)
-    queries = [e.text for e in corpus() if e.kind == "query" and e.split == "test" and e.topic in TOPICS]
+    queries = [e.text for e in corpus() if e.kind == "query" and e.split == "test"]
     total = settings.warmup + settings.requests
     return [
         Request(
@@ -239,17 +239,20 @@ class TritonCaller:
     def stats(self) -> dict[str, dict[str, int]]:
         return _stats_ns(self.client)
 
-    def stats_after(self, before: dict[str, dict[str, int]], timeout_s: float = 10.0) -> dict[str, dict[str, int]]:
-        """Statistics once every step has recorded the last request.
+    def stats_after(self, requests: int, timeout_s: float = 10.0) -> dict[str, dict[str, int]]:
+        """Statistics once every step has recorded ``requests`` requests in all.
 
-        Triton records a model's statistics after its response is sent, so a read right after
-        the reply can miss the last request; poll until each step counts one more.
+        Triton records a model's statistics after its reply is sent, so a read right after the
+        reply can miss the last request; poll until each step has counted every request sent.
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            after = self.stats()
-            if all(after[m]["requests"] > before[m]["requests"] for m in (ENSEMBLE, TOKENIZER_STEP, MODEL_STEP)):
-                return after
+            stats = self.stats()
+            counts = {stats[m]["requests"] for m in (ENSEMBLE, TOKENIZER_STEP, MODEL_STEP)}
+            if counts == {requests}:
+                return stats
+            if max(counts) > requests:
+                raise BenchmarkError("another client is using the benchmark's Triton server")
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"Triton's statistics did not record the request within {timeout_s:g} s")
 
@@ -478,18 +481,19 @@ def run_benchmark(settings: ServingBenchSettings, *, command: str, progress: Pro
             naive(request)
             encode_fast([request.query, *request.documents], add_special_tokens=False)
 
+        sent = 1 + settings.warmup
         load_before = load_average()
         progress(f"measuring {settings.requests} requests per system, alternating request by request")
         samples = Samples()
         executions = 0
         widths = []
         buckets = serving.tokenizer.effective_length_buckets
+        after = caller.stats_after(sent)
         for i, request in enumerate(requests[settings.warmup :], start=1):
-            before = caller.stats()
+            before = after
             _, served = caller(request)
-            after = caller.stats_after(before)
-            if after[ENSEMBLE]["requests"] != before[ENSEMBLE]["requests"] + 1:
-                raise BenchmarkError("another client is using the benchmark's Triton server")
+            sent += 1
+            after = caller.stats_after(sent)
             tok_queue = _sub(after, before, TOKENIZER_STEP, "queue")
             tok_compute = sum(_sub(after, before, TOKENIZER_STEP, k) for k in STAT_KINDS[1:])
             model_queue = _sub(after, before, MODEL_STEP, "queue")

@@ -9,7 +9,6 @@ Nothing from pytriton's own (heavy) runtime is imported: the package is only loc
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import os
 import re
@@ -25,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -217,26 +216,19 @@ class _LogReader:
         return self.lines
 
 
-def _set_parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the server if this process dies without cleanup.
+def _parent_death_prefix() -> list[str]:
+    """``setpriv --pdeathsig TERM --`` when available: Linux SIGTERMs the server if this process dies
+    without cleanup (a SIGKILL, say); atexit and finalizers cover the ordinary exits.
 
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used from the
-    main thread (whose end is the process's end); atexit and finalizers cover the rest.
+    Done by an exec'd helper rather than a ``preexec_fn``: a ``preexec_fn`` forces a plain fork,
+    and in a process that already holds gRPC channels gRPC's fork handlers then crash the child
+    now and then ("epoll_wait error: Bad file descriptor"). PR_SET_PDEATHSIG fires when the
+    *thread* that started the child exits, so it is only used from the main thread.
     """
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the child
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    sigterm = int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
-
-    return preexec
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _group_alive(pgid: int) -> bool:
@@ -503,13 +495,12 @@ class TritonServer:
         assert self._log_path is not None
         with self._log_path.open("wb") as log:
             process = subprocess.Popen(
-                self._command,
+                [*_parent_death_prefix(), *self._command],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # own process group: the stubs can be killed with it
-                preexec_fn=_set_parent_death_signal(),
             )
         log_in_workdir = self._log_path.resolve().is_relative_to(workdir.resolve())
         self._running = _Running(

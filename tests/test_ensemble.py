@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 from reranker_export.settings import (
@@ -37,6 +37,7 @@ from reranker_export.testmodels import (
 )
 from support import TEST_TOKENIZER, export_cpu_repository
 
+grpc = pytest.importorskip("grpc")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
@@ -102,26 +103,11 @@ def client(triton_server: Any) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def running_server(repository: Path, log_file: Path) -> Iterator[Any]:
-    """A second server for this module, started while this process already holds gRPC channels.
+    """A second server for this module, started while this process already holds gRPC channels."""
+    from reranker_serve import TritonServer
 
-    Such a start can abort in the forked child before ``exec``: grpc's fork handler restarts
-    its epoll thread in the child, the child then closes every inherited fd and that thread
-    dies on EBADF ("epoll_wait error: Bad file descriptor", a few percent of starts). That
-    launcher race, and only it, gets one more attempt.
-    """
-    from reranker_serve import ServerStartError, TritonServer
-
-    server = TritonServer(repository, log_file=log_file)
-    try:
-        server.start()
-    except ServerStartError as exc:
-        if "epoll_wait error" not in str(exc):
-            raise
-        server.start()
-    try:
+    with TritonServer(repository, log_file=log_file) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,9 +246,13 @@ def test_bert_scores_equal_flagreranker(bert_server: Any, bert_model_dir: Path) 
         check_flag_parity(bert_client, bert_model_dir)
 
 
-def test_empty_document_gets_a_finite_score(client: Any) -> None:
-    scores = rerank(client, "weather forecast", ["", "Rain and wind tomorrow.", " "])
+def test_empty_document_gets_a_finite_score(client: Any, xlmr_model_dir: Path) -> None:
+    query = "weather forecast"
+    scores = rerank(client, query, ["", "Rain and wind tomorrow.", " "])
     assert np.all(np.isfinite(scores))
+    # The pair with no passage tokens, <s> q </s></s></s>, as the model scores it directly.
+    assert scores[0] == pytest.approx(TorchReference(xlmr_model_dir).score(query, ""), abs=PARITY_ATOL)
+    assert scores[2] == pytest.approx(scores[0], abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,12 +277,21 @@ class BatchStats:
     executions: int
 
 
-def model_stats(client: Any) -> BatchStats:
-    stats = client.get_inference_statistics(CORE_MODEL_NAME, as_json=True)["model_stats"][0]
-    return BatchStats(
-        requests=int(stats["inference_stats"]["success"].get("count", 0)),
-        executions=int(stats.get("execution_count", 0)),
-    )
+def model_stats(client: Any, *, at_least: int = 0, timeout_s: float = CALL_TIMEOUT_S) -> BatchStats:
+    """``reranker_model``'s request and execution counts, once it has counted ``at_least`` requests.
+
+    Triton records a request's statistics after sending its reply, so a read right after the
+    last reply can miss it: poll (each read is a gRPC call) until the count is there.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = client.get_inference_statistics(CORE_MODEL_NAME, as_json=True)["model_stats"][0]
+        current = BatchStats(
+            requests=int(stats["inference_stats"]["success"].get("count", 0)),
+            executions=int(stats.get("execution_count", 0)),
+        )
+        if current.requests >= at_least or time.monotonic() > deadline:
+            return current
 
 
 def test_concurrent_clients_get_their_own_scores_and_batches_merge(client: Any, triton_server: Any) -> None:
@@ -300,9 +299,10 @@ def test_concurrent_clients_get_their_own_scores_and_batches_merge(client: Any, 
     examples = relevance_examples(seed=11, count=workers)
     # Different candidate lists per client: other queries, lengths and orders (some rotated).
     requests = [(e.query, list(e.documents[i % 3 :] + e.documents[: i % 3])) for i, e in enumerate(examples)]
+    start = model_stats(client)
     alone = [rerank(client, q, docs) for q, docs in requests]
 
-    before = model_stats(client)
+    before = model_stats(client, at_least=start.requests + workers)
     barrier = threading.Barrier(workers, timeout=CALL_TIMEOUT_S)
 
     def call(i: int) -> np.ndarray:
@@ -313,13 +313,13 @@ def test_concurrent_clients_get_their_own_scores_and_batches_merge(client: Any, 
 
     with ThreadPoolExecutor(workers) as pool:
         together = list(pool.map(call, range(workers)))
-    after = model_stats(client)
+    after = model_stats(client, at_least=before.requests + workers)
 
     for i, (got, expected) in enumerate(zip(together, alone, strict=True)):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"client {i}")
     requests_seen = after.requests - before.requests
     executions = after.executions - before.executions
-    assert requests_seen == workers
+    assert requests_seen >= workers
     assert executions < requests_seen, f"{executions} executions for {requests_seen} requests: nothing merged"
 
 
@@ -410,9 +410,14 @@ def _held_out(topic: str, language: str, kind: str) -> list[str]:
 
 
 def late_relevant_document(topic: str, language: str) -> tuple[str, str]:
-    """(query, document): the document opens with other topics; its on-topic passage comes last."""
+    """(query, document): the document opens with other topics; its on-topic section comes last.
+
+    The on-topic section (every passage of the topic in that language, twice) is longer than
+    one window, so some window holds nothing else.
+    """
     filler = [text for other in TOPICS if other != topic for text in _held_out(other, language, "passage")]
-    return _held_out(topic, language, "query")[0], " ".join([*filler, _held_out(topic, language, "passage")[0]])
+    on_topic = [e.text for e in corpus() if (e.topic, e.language, e.kind) == (topic, language, "passage")]
+    return _held_out(topic, language, "query")[0], " ".join([*filler, *on_topic, *on_topic])
 
 
 def torch_window_scores(model_dir: Path, query: str, document: str, stride: int) -> np.ndarray:
@@ -446,7 +451,7 @@ def test_window_mode_scores_a_long_document_by_its_best_window(
     # The first window is the truncated pair: truncation is one window of window mode.
     assert windows[0] == pytest.approx(truncated[1], abs=PARITY_ATOL)
     # The on-topic passage sits past the truncation point: a later window finds it.
-    assert int(np.argmax(windows)) > 0 and windowed[1] > truncated[1] + 0.1
+    assert int(np.argmax(windows)) > 0 and windowed[1] > truncated[1] + 1.0, windows
     # Documents that fit score as in truncate mode, and every score stays in its input slot.
     np.testing.assert_allclose(windowed[[0, 2]], truncated[[0, 2]], rtol=0, atol=1e-5)
     assert windowed[3] >= truncated[3] - 1e-5

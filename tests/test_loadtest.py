@@ -359,14 +359,21 @@ def test_reference_server_and_triton_agree_and_compare(
         scheduling=Scheduling.SERIAL,
         log_path=tmp_path / "reference.log",
         max_length=_served_max_length(triton_server.grpc_url),
-    ) as url:
-        diff, comparisons = compare(settings, triton_url=triton_server.grpc_url, reference_url=url)
+    ) as reference:
+        diff, comparisons = compare(
+            settings,
+            triton_url=triton_server.grpc_url,
+            reference_url=reference.url,
+            triton_pid=triton_server.pid,
+            reference_pid=reference.pid,
+        )
     assert diff <= 1e-3
     assert [c.concurrency for c in comparisons] == [1, 2]
     for c in comparisons:
         for r in (c.triton, c.reference):
             assert r.failures == 0 and r.requests == 2, r.first_error
             assert r.pairs_per_s > 0 and 0 < r.p50_ms <= r.p95_ms <= r.p99_ms
+            assert r.server_cpu_s is not None and r.server_cpu_s > 0  # the servers did the work
         assert c.throughput_ratio > 0
     report = BenchReport(
         settings={}, machine={"cpu": "test"}, parity_max_abs_diff=diff, comparisons=comparisons, command="x"
