@@ -25,7 +25,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import random
 import re
 import string
@@ -259,7 +258,8 @@ def build_test_model(
 
     ``output_dir`` then loads with ``AutoModelForSequenceClassification`` and ``AutoTokenizer``
     (fast tokenizer, ``model_max_length`` 512) and with FlagEmbedding's ``FlagReranker``.
-    The same ``seed`` and ``train_steps`` give the same weights.
+    The same ``seed`` and ``train_steps`` give the same weights. Training runs on one torch thread
+    (the caller's thread count is restored after) and leaves the caller's torch RNG state alone.
     """
     kind = TestModelKind(kind)
     steps = _DEFAULT_TRAIN_STEPS if train_steps is None else train_steps
@@ -308,20 +308,6 @@ def _seeded_torch(seed: int) -> Iterator[None]:
             torch.set_num_threads(threads)
 
 
-@contextlib.contextmanager
-def _tokenizers_single_threaded() -> Iterator[None]:
-    # The Rust trainers reduce floats in parallel; one thread makes the vocabulary reproducible.
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
-
-
 def _xlmr_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
     """A Unigram (sentencepiece-style) tokenizer with XLM-R's special tokens, ids and pair template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -340,11 +326,15 @@ def _xlmr_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
         initial_alphabet=_ALPHABET,
         show_progress=False,
     )
-    with _tokenizers_single_threaded():
-        backend.train_from_iterator(texts, trainer=trainer)
+    backend.train_from_iterator(texts, trainer=trainer)
     trained: list[tuple[str, float]] = [(p, s) for p, s in json.loads(backend.to_str())["model"]["vocab"]]
     if [piece for piece, _ in trained[: len(special)]] != special:
         raise AssertionError(f"special tokens out of place: {trained[: len(special)]}")
+    # The trainer's pieces are reproducible but its scores differ in the last bits from run to run
+    # (float sums in hash-map order), which reorders near ties: round them and fix the order.
+    trained = trained[: len(special)] + sorted(
+        ((piece, round(score, 1)) for piece, score in trained[len(special) :]), key=lambda ps: (-ps[1], ps[0])
+    )
     # On a corpus this small the trainer cuts common words into pieces shared across topics
     # ("der" -> "▁de" "r") and keeps sentence-specific runs of Chinese characters. Whole words
     # as pieces (as WordPiece keeps them) and single Chinese characters plus the lexicon's
@@ -370,25 +360,34 @@ def _xlmr_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
 
 
 def _bert_tokenizer(texts: Sequence[str]) -> PreTrainedTokenizerBase:
-    """A lowercasing WordPiece tokenizer with BERT's special tokens and pair template."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A lowercasing WordPiece tokenizer with BERT's special tokens and pair template.
+
+    The vocabulary comes from corpus counts rather than from ``WordPieceTrainer``, whose merges
+    break ties in hash-map order and so differ from run to run: every word (as BERT's normalizer
+    and pre-tokenizer see it), every character alone and as ``##`` continuation, and the word
+    beginnings and ``##`` endings shared by three words or more, for words the corpus lacks.
+    """
+    from tokenizers import normalizers, pre_tokenizers
     from transformers import BertTokenizer
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # As BertTokenizer(do_lower_case=True) builds it: lowercase, strip accents, split CJK chars.
-    backend.normalizer = normalizers.BertNormalizer(
+    # As BertTokenizer(do_lower_case=True) builds them: lowercase, strip accents, split CJK chars.
+    normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
     )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=_VOCAB_SIZE, special_tokens=special, initial_alphabet=_ALPHABET, show_progress=False
-    )
-    with _tokenizers_single_threaded():
-        backend.train_from_iterator(texts, trainer=trainer)
-    vocab = backend.get_vocab()
-    if [vocab[token] for token in special] != list(range(len(special))):
-        raise AssertionError(f"special tokens out of place: {[vocab[token] for token in special]}")
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {
+        word
+        for text in [*texts, " ".join(_ALPHABET)]
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    }
+    characters = {c for word in words for c in word}
+    affixes: collections.Counter[str] = collections.Counter()
+    for word in words:
+        affixes.update(word[:n] for n in range(2, min(len(word), 7)))
+        affixes.update("##" + word[-n:] for n in range(1, min(len(word), 6)))
+    pieces = words | characters | {"##" + c for c in characters} | {a for a, n in affixes.items() if n >= 3}
+    vocab = {token: i for i, token in enumerate([*special, *sorted(pieces - set(special))])}
     return BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=MAX_LENGTH)
 
 

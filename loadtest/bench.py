@@ -114,6 +114,8 @@ class BenchSettings:
     """Seed of the random weights."""
     breakdown: bool = False
     """After the comparison, time each part of both stacks in-process (CPU mode)."""
+    repository: Path | None = None
+    """Serve this model repository (exported from ``work_dir``'s model) instead of exporting one."""
 
     def __post_init__(self) -> None:
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -523,16 +525,19 @@ def time_breakdown(
     threads: int,
     max_length: int = 512,
     requests: int = 3,
+    sub_batch_rows: int = 8,
     progress: Callable[[str], None] = print,
-) -> dict[str, float]:
-    """Median seconds per request of each part of the two stacks, measured in this process, one at a time.
+) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per request of each part of the two stacks, in this process.
 
     ``flagreranker_compute_score``: the reference's whole call; ``hf_tokenize_pairs``: one
     tokenizer call on the 50 pairs (padding to the longest, as FlagReranker pads);
     ``torch_forward``: one PyTorch forward on that batch; ``onnxruntime_forward``: one
     onnxruntime run of the exported model on the same batch, with the session options of the
-    ``cpu`` profile (sequential executor, no spinning). Comparing them with the served
-    latencies at concurrency 1 shows where each stack spends its time.
+    ``cpu`` profile (sequential executor, no spinning); ``onnxruntime_sorted_sub_batches``: the
+    same rows sorted by length and run ``sub_batch_rows`` at a time, each sub-batch padded to its
+    own longest row (what padding costs). CPU seconds count every thread of this process, so
+    other tenants of the machine barely move them.
     """
     import onnxruntime as ort
     import torch
@@ -547,13 +552,20 @@ def time_breakdown(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
     input_names = {i.name for i in session.get_inputs()}
-    parts: dict[str, list[float]] = {}
+    parts: dict[str, list[tuple[float, float]]] = {}
+    tokens: dict[str, list[float]] = {}
 
     def timed(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         value = fn(*args, **kwargs)
-        parts.setdefault(name, []).append(time.perf_counter() - started)
+        parts.setdefault(name, []).append((time.perf_counter() - wall, time.process_time() - cpu))
         return value
+
+    def sorted_sub_batches(feed: dict[str, np.ndarray], lengths: np.ndarray) -> None:
+        order = np.argsort(lengths, kind="stable")
+        for chunk in np.array_split(order, max(1, -(-len(order) // sub_batch_rows))):
+            width = int(lengths[chunk].max())
+            session.run(None, {k: v[chunk, :width] for k, v in feed.items()})
 
     for index in range(requests + 1):  # request 0 warms every path up and is not counted
         request = workload.request(index)
@@ -572,11 +584,20 @@ def time_breakdown(
         with torch.inference_mode():
             timed("torch_forward", reranker.model, **batch)
         feed = {k: v.numpy() for k, v in batch.items() if k in input_names}
+        lengths = batch["attention_mask"].numpy().sum(axis=1)
         timed("onnxruntime_forward", session.run, None, feed)
-        parts.setdefault("padded_tokens", []).append(float(batch["input_ids"].numel()))
+        timed("onnxruntime_sorted_sub_batches", sorted_sub_batches, feed, lengths)
+        tokens.setdefault("padded", []).append(float(batch["input_ids"].numel()))
+        tokens.setdefault("real", []).append(float(lengths.sum()))
         if index == 0:
             parts.clear()
-    return {name: float(np.median(values)) for name, values in parts.items()}
+            tokens.clear()
+    result = {
+        name: {"wall_s": float(np.median([w for w, _ in v])), "cpu_s": float(np.median([c for _, c in v]))}
+        for name, v in parts.items()
+    }
+    result["tokens_per_request"] = {name: float(np.median(v)) for name, v in tokens.items()}
+    return result
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -589,8 +610,8 @@ class BenchReport:
     parity_max_abs_diff: float
     comparisons: tuple[Comparison, ...]
     command: str
-    breakdown: dict[str, float] | None = None
-    """Median seconds per request of each part of both stacks (``--breakdown``)."""
+    breakdown: dict[str, dict[str, float]] | None = None
+    """Median wall and CPU seconds per request of each part of both stacks (``--breakdown``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -753,7 +774,11 @@ def run_benchmark(
     model_dir = build_bench_model(
         settings.work_dir / "model", settings.architecture, seed=settings.seed, progress=progress
     )
-    repo_dir = export_repository(settings, model_dir, settings.work_dir / "repository", progress=progress)
+    if settings.repository is not None:
+        repo_dir = settings.repository
+        progress(f"serving the given repository {repo_dir}")
+    else:
+        repo_dir = export_repository(settings, model_dir, settings.work_dir / "repository", progress=progress)
     logs = settings.output_dir / "logs"
     on_gpu = settings.device is Device.GPU
     with contextlib.ExitStack() as stack:
@@ -803,7 +828,7 @@ def run_benchmark(
     )
 
 
-def run_breakdown(settings: BenchSettings, *, progress: Callable[[str], None] = print) -> dict[str, float]:
+def run_breakdown(settings: BenchSettings, *, progress: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """:func:`time_breakdown` on the benchmark's model and exported ONNX file (CPU)."""
     model_dir = settings.work_dir / "model"
     onnx_path = settings.work_dir / "repository" / "reranker_model" / "1" / "model.onnx"
@@ -830,6 +855,7 @@ def _settings_dict(settings: BenchSettings) -> dict[str, Any]:
         "length_buckets": list(settings.length_buckets),
         "reference_scheduling": settings.reference_scheduling.value,
         "triton_url": settings.triton_url,
+        "repository": str(settings.repository) if settings.repository is not None else None,
     }
 
 
@@ -901,14 +927,17 @@ def _cpu_cell(result: LevelResult) -> str:
     return f"{per_request:.2f}" if per_request is not None else "n/a"
 
 
-def format_breakdown(breakdown: dict[str, float]) -> str:
-    """The in-process parts as a markdown table (median seconds per request)."""
-    lines = ["| part (in-process, one request at a time) | median s |", "|---|---:|"]
+def format_breakdown(breakdown: dict[str, dict[str, float]]) -> str:
+    """The in-process parts as a markdown table (median per request)."""
+    lines = ["| part (in-process, one request at a time) | wall s | CPU s |", "|---|---:|---:|"]
     for name, value in breakdown.items():
-        if name == "padded_tokens":
-            lines.append(f"| padded tokens per request | {value:.0f} |")
-        else:
-            lines.append(f"| {name} | {value:.3f} |")
+        if name == "tokens_per_request":
+            continue
+        lines.append(f"| {name} | {value['wall_s']:.2f} | {value['cpu_s']:.2f} |")
+    tokens = breakdown.get("tokens_per_request", {})
+    if tokens:
+        lines += ["", f"Tokens per request: {tokens.get('real', 0):.0f} real, {tokens.get('padded', 0):.0f} "
+                  "after padding to the longest pair."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -972,6 +1001,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton-url", default=None, help="use this running Triton (host:port) instead of starting one"
     )
     parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="serve this repository (exported from the work dir's model) instead of exporting one",
+    )
+    parser.add_argument(
         "--breakdown", action="store_true", help="then time each part of both stacks in-process (CPU mode)"
     )
     parser.add_argument(
@@ -1007,6 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=args.output_dir,
             triton_url=args.triton_url,
             breakdown=args.breakdown,
+            repository=args.repository,
         )
         if args.breakdown_only:
             if settings.device is not Device.CPU:

@@ -32,13 +32,13 @@ def _load(path: Path) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
     return AutoTokenizer.from_pretrained(path), AutoModelForSequenceClassification.from_pretrained(path).eval()
 
 
-def _scores(path: Path, pairs: list[tuple[str, str]]) -> list[float]:
+def _scores(path: Path, pairs: list[tuple[str, str]], truncation: str = "only_second") -> list[float]:
     tokenizer, model = _load(path)
     inputs = tokenizer(
         [q for q, _ in pairs],
         [p for _, p in pairs],
         padding=True,
-        truncation="only_second",
+        truncation=truncation,
         max_length=512,
         return_tensors="pt",
     )
@@ -120,8 +120,8 @@ def test_same_seed_same_weights(kind: tm.TestModelKind, tmp_path: Path) -> None:
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     assert not all(torch.equal(weights[0][name], weights[2][name]) for name in weights[0])
     assert (paths[0] / "tokenizer.json").read_bytes() == (paths[1] / "tokenizer.json").read_bytes()
-    pairs = tm.multilingual_probe_pairs()
-    assert _scores(paths[0], pairs) == _scores(paths[1], pairs)
+    pairs = tm.multilingual_probe_pairs()  # one query alone is past 512 tokens: cut both sides
+    assert _scores(paths[0], pairs, "longest_first") == _scores(paths[1], pairs, "longest_first")
 
 
 def test_build_rejects_negative_steps(tmp_path: Path) -> None:
