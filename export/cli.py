@@ -105,6 +105,12 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.ort_intra_op_threads,
         help="cpu profile: onnxruntime intra-op threads, 0 = all cores (default: %(default)s)",
     )
+    group.add_argument(
+        "--cpu-sub-batch-rows",
+        type=int,
+        default=defaults.cpu_sub_batch_rows,
+        help="cpu profile: rows per onnxruntime run, sorted by length; 0 = whole batch (default: %(default)s)",
+    )
 
 
 def _serving_settings(args: argparse.Namespace) -> ServingSettings:
@@ -124,6 +130,7 @@ def _serving_settings(args: argparse.Namespace) -> ServingSettings:
         model_instances=args.model_instances,
         precision=args.precision,
         ort_intra_op_threads=args.ort_threads,
+        cpu_sub_batch_rows=args.cpu_sub_batch_rows,
     )
 
 

@@ -146,6 +146,7 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
                 "inter_op_threads": 1,
                 "graph_optimization_level": "ORT_ENABLE_ALL",
                 "pad_token_id": signature.pad_token_id,
+                "sub_batch_rows": settings.cpu_sub_batch_rows,
             }
         ).items():
             config.parameters[key].CopyFrom(value)

@@ -110,6 +110,9 @@ class ServingSettings:
     """Engine/ONNX precision for the GPU profiles; the ``cpu`` profile always runs FP32."""
     ort_intra_op_threads: int = 0
     """onnxruntime intra-op threads for the ``cpu`` profile; 0 lets onnxruntime use every core."""
+    cpu_sub_batch_rows: int = 8
+    """``cpu`` profile: rows per onnxruntime run, sorted by length so each run pads only to its own
+    longest row (padding costs as much as real tokens on CPU); 0 runs each batch whole."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < self.tokenizer.max_documents:
@@ -119,6 +122,8 @@ class ServingSettings:
             )
         if self.max_queue_delay_us < 0:
             raise ValueError("max_queue_delay_us must be >= 0")
+        if self.cpu_sub_batch_rows < 0:
+            raise ValueError("cpu_sub_batch_rows must be >= 0")
         if self.tokenizer_instances < 1 or self.model_instances < 1:
             raise ValueError("instance counts must be positive")
 

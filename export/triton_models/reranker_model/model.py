@@ -2,15 +2,17 @@
 
 Self-contained (copied verbatim to ``<repo>/reranker_model/1/model.py``): the ``nvidia-pytriton``
 Triton has no onnxruntime backend, so this model calls onnxruntime itself. Triton's dynamic batcher
-hands over several requests at once; their rows are concatenated and scored with ONE
-``session.run``, then split back per request.
+hands over several requests at once; their rows are concatenated, scored in length-sorted
+sub-batches, then split back per request.
 
 Config parameters (all ``string_value``): ``model_file`` (default ``model.onnx``, in the version
 directory; an external-data sidecar next to it is found by onnxruntime), ``intra_op_threads``
 (0 = onnxruntime default: one per physical core), ``inter_op_threads`` (default 1),
 ``graph_optimization_level`` (ORT_DISABLE_ALL | ORT_ENABLE_BASIC | ORT_ENABLE_EXTENDED |
 ORT_ENABLE_ALL, default ORT_ENABLE_ALL), ``allow_spinning`` (true | false, default false),
-``pad_token_id`` (default 1, XLM-R's; used only when batched requests differ in length).
+``pad_token_id`` (default 1, XLM-R's; used only when batched requests differ in length),
+``sub_batch_rows`` (default 8: rows per onnxruntime run, sorted by length and cut to each run's
+longest row; 0 scores the whole batch in one run).
 
 Output ``logits`` FP32 is emitted as [rows, 1] (config ``dims: [ 1 ]``), the same shape the
 onnxruntime and TensorRT backends give, so one ensemble config fits every profile.
@@ -33,6 +35,7 @@ DEFAULTS = {
     "graph_optimization_level": "ORT_ENABLE_ALL",
     "allow_spinning": "false",
     "pad_token_id": "1",
+    "sub_batch_rows": "8",
 }
 OUTPUT_NAME = "logits"
 
@@ -86,10 +89,9 @@ class TritonPythonModel:
         self.onnx_output = OUTPUT_NAME if OUTPUT_NAME in outputs else next(iter(outputs))
         shape = outputs[self.onnx_output]
         if len(shape) > 2 or (len(shape) == 2 and isinstance(shape[1], int) and shape[1] != 1):
-            raise ValueError(
-                f"the ONNX output {self.onnx_output!r} must be one logit per row, got shape {shape}"
-            )
-        self.pad_values = {"input_ids": int(param("pad_token_id"))}  # attention_mask, token_type_ids pad 0
+            raise ValueError(f"the ONNX output {self.onnx_output!r} must be one logit per row, got shape {shape}")
+        self.pad_values = {"input_ids": int(param("pad_token_id"))}
+        self.sub_batch_rows = int(param("sub_batch_rows"))  # attention_mask, token_type_ids pad 0
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -119,9 +121,7 @@ class TritonPythonModel:
             if isinstance(result, Exception):
                 responses[r] = _error(f"reranker_model failed: {type(result).__name__}: {result}", False)
             else:
-                responses[r] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(OUTPUT_NAME, result)]
-                )
+                responses[r] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT_NAME, result)])
         return responses
 
     def _inputs(self, request: Any) -> dict[str, np.ndarray]:
@@ -149,15 +149,29 @@ class TritonPythonModel:
             for inputs in batch:
                 a = inputs[name]
                 if a.shape[1] < width:
-                    a = np.pad(
-                        a, ((0, 0), (0, width - a.shape[1])), constant_values=self.pad_values.get(name, 0)
-                    )
+                    a = np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=self.pad_values.get(name, 0))
                 parts.append(a)
             feed[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        (logits,) = self.session.run([self.onnx_output], feed)
         rows = [inputs[self.input_names[0]].shape[0] for inputs in batch]
-        logits = np.asarray(logits, dtype=np.float32).reshape(sum(rows), 1)
+        logits = self._score(feed, sum(rows))
         return np.split(logits, np.cumsum(rows)[:-1], axis=0)
+
+    def _score(self, feed: dict[str, np.ndarray], total: int) -> np.ndarray:
+        """Logits [total, 1]. Rows are scored shortest first, ``sub_batch_rows`` at a time, each run
+        cut to its own longest row: on CPU, padding (up to the bucket and to the longest row of
+        the batch) is computed like real tokens, and attention grows with the square of it."""
+        mask = feed.get("attention_mask")
+        if self.sub_batch_rows <= 0 or mask is None or total <= self.sub_batch_rows:
+            (out,) = self.session.run([self.onnx_output], feed)
+            return np.asarray(out, dtype=np.float32).reshape(total, 1)
+        lengths = mask.sum(axis=1)  # rows are right-padded: the mask's sum is the row's length
+        order = np.argsort(lengths, kind="stable")
+        logits = np.empty((total, 1), dtype=np.float32)
+        for chunk in np.array_split(order, -(-total // self.sub_batch_rows)):
+            width = max(int(lengths[chunk].max()), 1)
+            (out,) = self.session.run([self.onnx_output], {n: a[chunk, :width] for n, a in feed.items()})
+            logits[chunk] = np.asarray(out, dtype=np.float32).reshape(-1, 1)
+        return logits
 
     def finalize(self) -> None:
         self.session = None
