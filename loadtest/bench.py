@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -486,21 +487,20 @@ def export_repository(
     from reranker_export.settings import Profile, ServingSettings, TokenizerSettings
 
     profile = Profile.CPU if settings.device is Device.CPU else Profile.TENSORRT
-    marker = repo_dir / "bench-export.json"
-    wanted = {
-        "model": json.loads((model_dir / "bench-architecture.json").read_text()),
-        "profile": profile.value,
-        "buckets": list(settings.length_buckets),
-        "threads": settings.effective_threads,
-    }
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        progress(f"reusing the exported repository in {repo_dir}")
-        return repo_dir
     serving = ServingSettings(
         profile=profile,
         tokenizer=TokenizerSettings(length_buckets=settings.length_buckets),
         ort_intra_op_threads=settings.effective_threads,
     )
+    marker = repo_dir / "bench-export.json"
+    # Every serving setting (defaults included) is part of the key: a changed default re-exports.
+    wanted = {
+        "model": json.loads((model_dir / "bench-architecture.json").read_text()),
+        "serving": json.loads(json.dumps(asdict(serving), default=str)),
+    }
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        progress(f"reusing the exported repository in {repo_dir}")
+        return repo_dir
     from reranker_export.errors import ExportError
 
     try:
@@ -655,9 +655,7 @@ def machine_info(device: Device) -> dict[str, Any]:
         "fastapi",
         "uvicorn",
     ):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
+        with contextlib.suppress(PackageNotFoundError):
             versions[package] = version(package)
     info["versions"] = versions
     if device is Device.GPU:

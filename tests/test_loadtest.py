@@ -348,7 +348,7 @@ def test_reference_server_and_triton_agree_and_compare(
         min_requests=2,
         warmup_requests=0,
         # Languages the tiny test tokenizer covers: FlagEmbedding on transformers 5 decodes the ids
-        # and re-encodes the pair, which changes sequences holding <unk> (see docs/benchmarks-loadtest.md).
+        # and re-encodes the pair, which changes sequences holding <unk> (see docs/benchmarks.md).
         workload=WorkloadSettings(candidates=8, languages=("en", "de", "fr", "es")),
     )
     with reference_server(
