@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -247,3 +248,16 @@ def test_full_size_architecture_exports_with_external_data(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
     assert figures["max_abs_diff"] <= 1e-4
     assert figures["peak_rss_gib"] < 8
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(
+    shutil.which("trtexec") is None,
+    reason="TensorRT's trtexec is absent: the engine build runs in NVIDIA's TensorRT image on a GPU node",
+)
+def test_engine_builds_from_the_rendered_script(xlmr_model_dir: Path, tmp_path: Path) -> None:
+    _export(xlmr_model_dir, tmp_path / "repo", Profile.TENSORRT)
+    script = tmp_path / "repo/reranker_model/build_engine.sh"
+    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "repo/reranker_model/1/model.plan").stat().st_size > 0
