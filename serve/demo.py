@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from reranker_export.errors import ExportError
+from reranker_export.errors import ExportError, ModelLoadError
 from reranker_export.manifest import MANIFEST_FILENAME, read_manifest
 from reranker_export.pipeline import ExportSettings, export_model
 from reranker_export.settings import DEFAULT_MODEL_ID, Profile, ServingSettings
@@ -96,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_demo(args.model, args.workdir, rebuild=args.rebuild)
     except (ExportError, ServeError) as exc:
-        print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, ModelLoadError) and args.model != TEST_MODEL:
+            hint = f" (offline demo: --model {TEST_MODEL}, i.e. MODEL={TEST_MODEL} scripts/quickstart.sh)"
+        print(f"{PROG}: error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
