@@ -44,8 +44,13 @@ def run_demo(model: str, workdir: Path, *, rebuild: bool = False) -> int:
 
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
+    query, documents = SAMPLE_QUERY, list(SAMPLE_DOCUMENTS)
     if model == TEST_MODEL:
-        from reranker_export.testmodels import TestModelKind, build_test_model
+        from reranker_export.testmodels import TestModelKind, build_test_model, relevance_examples
+
+        # The tiny model knows only its own corpus's topics: rank one of its held-out examples.
+        example = relevance_examples(count=1)[0]
+        query, documents = example.query, list(example.documents)
 
         model_dir = workdir / "test-model"
         if rebuild or not (model_dir / "config.json").is_file():
@@ -67,8 +72,8 @@ def run_demo(model: str, workdir: Path, *, rebuild: bool = False) -> int:
     with TritonServer(repository, log_file=workdir / "tritonserver.log") as server:
         _say(started, f"Triton ready at {server.grpc_url} (log: {server.log_path})")
         with RerankerClient(server.grpc_url) as client:
-            results = client.rerank(SAMPLE_QUERY, list(SAMPLE_DOCUMENTS), normalize=True, return_documents=True)
-    print(f"\nquery: {SAMPLE_QUERY}\n")
+            results = client.rerank(query, documents, normalize=True, return_documents=True)
+    print(f"\nquery: {query}\n")
     print(f"{'rank':>4}  {'score':>7}  document")
     for rank, result in enumerate(results, start=1):
         print(f"{rank:>4}  {result.score:7.4f}  {result.document}")
