@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs what it needs, then lint, types and tests.
+# The whole test suite, from a fresh clone: installs what it needs at pinned versions, then
+# lint, types and tests.
 # Usage: scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 scripts/bootstrap.sh dev
 
-# kubectl (with kustomize) renders the Kubernetes overlays; checkov scans them. Both are
-# installed here when possible; without them those tests skip and say why.
-if ! command -v kubectl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "==> installing kubectl (Debian package)"
-  (apt-get update -qq && apt-get install -y -qq kubectl >/dev/null) || echo "    kubectl could not be installed; the k8s rendering tests will skip"
-fi
+# kubectl (with kustomize) renders the Kubernetes overlays: a pinned download, not whatever the
+# machine has. checkov scans them from its own locked environment (its pins conflict with ours).
+KUBECTL=$(scripts/install-kubectl.sh)
+export KUBECTL
 if [ ! -x .venv-checkov/bin/checkov ]; then
-  echo "==> installing checkov into .venv-checkov (its pins conflict with the project's)"
-  (python3 -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet "checkov==3.3.30") \
-    || echo "    checkov could not be installed; the scan test will skip"
+  echo "==> installing checkov into .venv-checkov from requirements/checkov.txt"
+  rm -rf .venv-checkov
+  python3 -m venv .venv-checkov
+  .venv-checkov/bin/python -m pip --quiet --progress-bar off install -r requirements/checkov.txt
 fi
+export CHECKOV=$PWD/.venv-checkov/bin/checkov
 
 echo "==> ruff"
 .venv/bin/ruff check .

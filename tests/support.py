@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import canonicalize_name
+
 from reranker_export.settings import Profile, ServingSettings, TokenizerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "lock.txt"
+
+
+@functools.cache
+def lock_pins(path: Path = LOCK) -> dict[str, str]:
+    """``{canonical name: version}`` of a pip-compile lock (``name==version`` lines)."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith((" ", "#")):
+            match = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+?)(?: \\)?", line)
+            assert match, f"{path.name}: not an exact pin: {line!r}"
+            pins[canonicalize_name(match.group(1))] = match.group(2)
+    return pins
+
 
 # Small but real settings for the tiny models: short buckets keep the CPU work low.
 TEST_TOKENIZER = TokenizerSettings(max_length=128, length_buckets=(32, 64, 128), max_documents=64)

@@ -16,8 +16,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-import reranker_client
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+from tritonclient.utils import InferenceServerException
+
+import reranker_client
 from reranker_client import (
     AsyncRerankerClient,
     Compression,
@@ -39,8 +42,6 @@ from reranker_client import (
 )
 from reranker_client.errors import status_code, translate
 from reranker_client.ranking import chunk_slices, rank
-from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
-from tritonclient.utils import InferenceServerException
 
 # --------------------------------------------------------------------------------------------
 # Pure helpers: no server

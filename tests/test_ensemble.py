@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
 from reranker_export.settings import (
     CORE_MODEL_NAME,
     DOCUMENTS,
@@ -36,10 +40,6 @@ from reranker_export.testmodels import (
     relevance_examples,
 )
 from support import TEST_TOKENIZER, export_cpu_repository
-
-grpc = pytest.importorskip("grpc")
-grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 # Model building, export and server start-up are paid by whichever test first asks for a fixture.
 pytestmark = pytest.mark.timeout(600)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+
 from reranker_export import cli
 from reranker_export.errors import Fp16ToleranceError, ModelLoadError, ParityError, RepositoryError
 from reranker_export.manifest import read_manifest, sha256_file
@@ -210,23 +212,49 @@ def test_cli_export_smoke(xlmr_model_dir: Path, tmp_path: Path) -> None:
     assert manifest["validation"]["fp32"]["max_abs_diff"] <= 1e-4
 
 
-@pytest.mark.parametrize(
-    ("model", "message"),
-    [
-        ("/nonexistent/model", "does not exist"),
-        ("BAAI/bge-reranker-v2-m3", "Hugging Face hub"),
-    ],
-)
-def test_cli_unloadable_model_fails_fast_with_one_line(model: str, message: str, tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}  # an empty cache: the hub is the only source
+@pytest.fixture
+def unreachable_hub() -> Iterator[dict[str, str]]:
+    """Endpoints of a hub that cannot be reached, whatever this machine's network is.
+
+    ``refused``: nothing listens on the port. ``silent``: the connection is accepted and never
+    answered, the case that hangs a client without a timeout.
+    """
+    with socket.socket() as refused, socket.socket() as silent:
+        refused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody reads or writes
+        yield {
+            "refused": f"http://127.0.0.1:{refused.getsockname()[1]}",
+            "silent": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        }
+
+
+def _cli_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": endpoint}  # empty cache: hub only
     env.pop("HF_HUB_OFFLINE", None)
-    started = time.monotonic()
-    proc = _run_cli("--model", model, "--output", str(tmp_path / "repo"), timeout=60, env=env)
-    assert time.monotonic() - started < 30  # the issue's bound for failing instead of hanging
+    return env
+
+
+def test_cli_missing_directory_fails_with_one_line(tmp_path: Path) -> None:
+    proc = _run_cli("--model", "/nonexistent/model", "--output", str(tmp_path / "repo"), timeout=60)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("reranker-export: error: ModelLoadError:") and message in lines[-1]
+    assert lines[-1].startswith("reranker-export: error: ModelLoadError:") and "does not exist" in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("hub", ["refused", "silent"])
+def test_cli_unreachable_hub_fails_fast_with_one_line(
+    hub: str, unreachable_hub: dict[str, str], tmp_path: Path
+) -> None:
+    # The subprocess timeout is the hang guard: the loader's own bound is HUB_TIMEOUT_S (10 s).
+    env = _cli_env(tmp_path, unreachable_hub[hub])
+    proc = _run_cli("--model", "BAAI/bge-reranker-v2-m3", "--output", str(tmp_path / "repo"), timeout=45, env=env)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("reranker-export: error: ModelLoadError: cannot reach the Hugging Face hub")
+    assert "--model DIR" in lines[-1] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "repo").exists()
 
 
 def test_cli_rejects_inconsistent_settings(tmp_path: Path) -> None:

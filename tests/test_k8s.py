@@ -11,7 +11,6 @@ runs for real with stand-ins for ``nvidia-smi`` and ``trtexec``, which need a GP
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from reranker_export.repository import VERSION, ModelSignature, parse_config, render_repository
 from reranker_export.settings import (
     CORE_MODEL_NAME,
@@ -46,6 +46,7 @@ from reranker_serve import (
     SERVER_FLAGS,
     TritonServer,
 )
+from support import lock_pins
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -739,15 +740,26 @@ def triton_release() -> str:
     return _dockerfile_args(SERVER_DOCKERFILE)["TRITON_RELEASE"]
 
 
-def test_images_are_pinned_to_one_release_and_the_tested_versions() -> None:
+def test_images_are_pinned_to_one_release_and_install_from_the_lock() -> None:
     text = SERVER_DOCKERFILE.read_text(encoding="utf-8")
     assert re.fullmatch(r"\d{2}\.\d{2}", triton_release())
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_RELEASE\}-py3$", text, re.M)
-    server_args = _dockerfile_args(SERVER_DOCKERFILE)
-    assert server_args["TOKENIZERS_VERSION"] == importlib.metadata.version("tokenizers")
-    assert server_args["ONNXRUNTIME_VERSION"] == importlib.metadata.version("onnxruntime")
-    assert "--model-repository" in text and "COPY" not in text, "no model baked into the server image"
-    assert _dockerfile_args(LOADTEST_DOCKERFILE)["LOCUST_VERSION"] == importlib.metadata.version("locust")
+    # The server image's packages come from requirements/lock.txt, the only file it copies:
+    # no model baked in, and no version written twice.
+    assert re.findall(r"^COPY (\S+)", text, re.M) == ["requirements/lock.txt"]
+    install = re.search(r"pip install [^\n]*-c (\S+) \\\n\s+([^\n]+?) \\\n", text)
+    assert install and install.group(1) == "/tmp/reranker-lock.txt", "the server image installs within the lock"
+    locked = lock_pins()
+    assert set(install.group(2).split()) == {"tokenizers", "onnxruntime", "numpy"} <= set(locked)
+    assert "==" not in text and "ARG TOKENIZERS" not in text
+    server_ignore = (K8S / "server" / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
+    assert server_ignore[server_ignore.index("*") :] == ["*", "!requirements/lock.txt"]
+
+    loadtest = LOADTEST_DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r'^RUN PIP_CONSTRAINT=requirements/lock\.txt pip install [^\n]*"\.\[loadtest\]"$', loadtest, re.M)
+    assert re.search(r"^COPY requirements/lock\.txt \./requirements/lock\.txt$", loadtest, re.M)
+    # The base image's Python is the lock's.
+    assert re.search(r"^FROM python:3\.11\.\d+-slim", loadtest, re.M)
     for dockerfile in (SERVER_DOCKERFILE, LOADTEST_DOCKERFILE):
         for image in re.findall(r"^FROM (\S+)", dockerfile.read_text(encoding="utf-8"), re.M):
             assert image == "base" or re.search(r":[\w${}.-]+$", image), f"{dockerfile}: unpinned {image}"
@@ -759,15 +771,15 @@ def test_images_are_pinned_to_one_release_and_the_tested_versions() -> None:
 
 
 def test_loadtest_image_installs_every_package() -> None:
-    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
+    import tomllib
+
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    package_dirs = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    assert pyproject["tool"]["setuptools"]["package-dir"] == {"": "src"}
     text = LOADTEST_DOCKERFILE.read_text(encoding="utf-8")
-    copied = set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
-    assert copied == package_dirs, "pip install . needs every package directory of pyproject.toml"
+    assert re.search(r"^COPY src \./src$", text, re.M), "pip install . needs every package under src/"
     ignore = (K8S / "loadtest" / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
-    assert {f"!{d}/" for d in package_dirs} | {"!pyproject.toml", "!README.md"} <= set(ignore)
-    assert re.search(r"^COPY loadtest/locustfile\.py /opt/reranker/locustfile\.py$", text, re.M)
+    assert {"!src/", "!pyproject.toml", "!README.md", "!requirements/lock.txt"} <= set(ignore)
+    assert re.search(r"^COPY src/reranker_loadtest/locustfile\.py /opt/reranker/locustfile\.py$", text, re.M)
 
 
 # -- load test ----------------------------------------------------------------------------------
@@ -841,7 +853,7 @@ def test_locust_parses_the_jobs_arguments(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             _PARSE_LOCUST_ARGS,
-            str(ROOT / "loadtest" / "locustfile.py"),
+            str(ROOT / "src" / "reranker_loadtest" / "locustfile.py"),
             json.dumps([master["args"], worker["args"]]),
         ],
         capture_output=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from reranker_loadtest.errors import BenchmarkError, SloError, WorkloadError
 from reranker_loadtest.runner import LoadtestSettings, locust_command, run_loadtest, split_passthrough
 from reranker_loadtest.slo import RunSummary, SloSettings, Verdict, evaluate, format_verdict

@@ -6,6 +6,8 @@ import filecmp
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
 from reranker_export.repository import (
     ModelSignature,
     build_configs,
@@ -23,7 +25,6 @@ from reranker_export.settings import (
     ServingSettings,
     TokenizerSettings,
 )
-from tritonclient.grpc import model_config_pb2 as mc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RERENDER = "rm -r model_repository && reranker-export render --output model_repository"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+
 from reranker_serve import (
     SERVER_FLAGS,
     ModelRepositoryError,
@@ -25,8 +27,6 @@ from reranker_serve import (
     find_triton,
     server_error,
 )
-
-grpcclient = pytest.importorskip("tritonclient.grpc")
 
 ADD_ONE_CONFIG = """
 name: "{name}"

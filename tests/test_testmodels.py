@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from reranker_export import testmodels as tm
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from reranker_export import testmodels as tm
 
 XLMR = tm.TestModelKind.XLM_ROBERTA
 BERT = tm.TestModelKind.BERT

@@ -21,8 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
 from reranker_export.settings import (
     ATTENTION_MASK,
     CORE_MODEL_NAME,
@@ -39,10 +43,6 @@ from reranker_export.settings import (
 )
 from reranker_export.testmodels import corpus, long_document, relevance_examples
 from support import TEST_TOKENIZER, export_cpu_repository, serving_settings
-
-grpc = pytest.importorskip("grpc")
-grpcclient = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 CALL_TIMEOUT_S = 60.0  # per gRPC call: a hung server fails the test instead of stalling the run
 MAX_LENGTH = TEST_TOKENIZER.max_length  # 128

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
 from reranker_export.onnx_export import export_onnx, external_data_name
 from reranker_export.validation import check_parity, onnx_logits, torch_logits
-from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 # BAAI/bge-reranker-v2-m3's config.json
 BGE_RERANKER_V2_M3 = XLMRobertaConfig(

@@ -128,6 +128,9 @@ def serving_settings(settings: ServingBenchSettings) -> Any:
     from reranker_export.settings import Profile, ServingSettings, TokenizerSettings
 
     overrides: dict[str, Any] = {}
+    tokenizer_overrides: dict[str, Any] = {}
+    if settings.length_buckets:
+        tokenizer_overrides["length_buckets"] = settings.length_buckets
     if settings.max_queue_delay_us is not None:
         overrides["max_queue_delay_us"] = settings.max_queue_delay_us
     if settings.tokenizer_instances is not None:
@@ -137,7 +140,7 @@ def serving_settings(settings: ServingBenchSettings) -> Any:
         tokenizer=TokenizerSettings(
             max_length=settings.max_length,
             max_documents=max(64, settings.documents),
-            **({"length_buckets": settings.length_buckets} if settings.length_buckets else {}),
+            **tokenizer_overrides,
         ),
         max_batch_size=max(128, settings.documents),
         **overrides,
@@ -167,8 +170,9 @@ def build_requests(tokenizer_json: Path, settings: ServingBenchSettings) -> list
     The text is the test corpus (six languages) the tiny model's tokenizer was trained on, so
     tokens per word are those of real text for that vocabulary, not of unknown characters.
     """
-    from reranker_export.testmodels import corpus, long_document
     from tokenizers import Tokenizer
+
+    from reranker_export.testmodels import corpus, long_document
 
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
     tokenizer.no_truncation()
@@ -278,7 +282,7 @@ class NaiveReference:
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.max_length = max_length
-        # The session options of the served model (export/triton_models/reranker_model/model.py),
+        # The session options of the served model (reranker_export/triton_models/reranker_model/model.py),
         # so the comparison isolates serving overhead rather than onnxruntime tuning.
         options = ort.SessionOptions()
         options.intra_op_num_threads = 0

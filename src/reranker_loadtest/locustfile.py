@@ -2,7 +2,7 @@
 
 Run it through ``reranker-loadtest`` (defaults, verdict table), or with Locust's own CLI::
 
-    locust -f loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --host 127.0.0.1:8001 \\
+    locust -f src/reranker_loadtest/locustfile.py --headless -u 16 -r 16 -t 60s --host 127.0.0.1:8001 \\
         --csv report/stats --html report/report.html --slo-p95-ms 200
 
 Each simulated user is a closed-loop client: it sends one request (a query and
@@ -31,6 +31,7 @@ from locust import User, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
+
 from reranker_client import RerankerClient, RerankerError, RetryPolicy  # noqa: E402
 from reranker_loadtest.errors import LoadtestError  # noqa: E402
 from reranker_loadtest.slo import RunSummary, SloSettings, evaluate, format_verdict  # noqa: E402
