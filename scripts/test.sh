@@ -18,7 +18,7 @@ if [ ! -x .venv-checkov/bin/checkov ]; then
   echo "==> installing checkov into .venv-checkov from requirements/checkov.txt"
   rm -rf .venv-checkov
   python3 -m venv .venv-checkov
-  .venv-checkov/bin/python -m pip --quiet --progress-bar off install -r requirements/checkov.txt
+  .venv-checkov/bin/python -m pip install --quiet --progress-bar off -r requirements/checkov.txt
 fi
 export CHECKOV=$PWD/.venv-checkov/bin/checkov
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +10,8 @@ import pytest
 
 from support import export_cpu_repository
 
-# Skips that a machine without the hardware may take, even in CI: it has no GPU or TensorRT.
-HARDWARE_MARKERS = ("gpu", "tensorrt")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    """Under ``CI=true`` a skipped test fails: CI must never go green by skipping a missing tool.
-
-    Only tests marked ``gpu`` or ``tensorrt`` may skip there, since CI has neither.
-    """
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
-    if (
-        report.skipped
-        and not hasattr(report, "wasxfail")
-        and os.environ.get("CI", "").lower() == "true"
-        and not any(item.get_closest_marker(name) for name in HARDWARE_MARKERS)
-    ):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"skipped under CI=true, where everything the suite needs must be installed: {reason}"
+# Under CI=true a skip fails the run, except for a missing GPU or TensorRT (ci_skips.py).
+pytest_plugins = ["ci_skips"]
 
 
 @pytest.fixture(scope="session")
