@@ -145,7 +145,7 @@ def load_cross_encoder(
     say(f"loading {model} ({config.model_type}) and its tokenizer")
     try:
         hf_model = AutoModelForSequenceClassification.from_pretrained(
-            local_dir, local_files_only=True, torch_dtype="float32"
+            local_dir, local_files_only=True, dtype="float32"
         )
     except ValueError as exc:
         raise ModelLoadError(
