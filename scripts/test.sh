@@ -24,6 +24,7 @@ export CHECKOV=$PWD/.venv-checkov/bin/checkov
 
 echo "==> ruff"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "==> mypy"
 .venv/bin/mypy
 echo "==> pytest"

@@ -1,42 +1,108 @@
-"""Shared fixtures: tiny models built on the spot, exported repositories, and a real Triton server."""
+"""Shared fixtures: tiny models built on the spot, exported repositories, and real Triton servers.
+
+Everything expensive is session-scoped and built once, on first use: the two test models, one
+export per (model kind, profile, overflow mode) the suite needs, and one server per repository.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import export_cpu_repository
+from support import WINDOW_MERGE_DELAY_US, WINDOW_STRIDE, export_cpu_repository
 
 # Under CI=true a skip fails the run, except for a missing GPU or TensorRT (ci_skips.py).
 pytest_plugins = ["ci_skips"]
 
 
-@pytest.fixture(scope="session")
-def xlmr_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@dataclass(frozen=True)
+class BuiltModel:
+    path: Path
+    progress: list[str]
+    """The builder's progress lines."""
+
+
+def _build(kind_name: str, tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
     from reranker_export.testmodels import TestModelKind, build_test_model
 
-    return build_test_model(tmp_path_factory.mktemp("models") / "xlmr", kind=TestModelKind.XLM_ROBERTA)
+    lines: list[str] = []
+    kind = TestModelKind(kind_name)
+    path = build_test_model(tmp_path_factory.mktemp("models") / kind.value, kind=kind, progress=lines.append)
+    return BuiltModel(path=path, progress=lines)
 
 
 @pytest.fixture(scope="session")
-def bert_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from reranker_export.testmodels import TestModelKind, build_test_model
+def built_xlmr(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
+    return _build("xlm-roberta", tmp_path_factory)
 
-    return build_test_model(tmp_path_factory.mktemp("models") / "bert", kind=TestModelKind.BERT)
+
+@pytest.fixture(scope="session")
+def built_bert(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
+    return _build("bert", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def xlmr_model_dir(built_xlmr: BuiltModel) -> Path:
+    return built_xlmr.path
+
+
+@pytest.fixture(scope="session")
+def bert_model_dir(built_bert: BuiltModel) -> Path:
+    return built_bert.path
+
+
+# -- exported repositories (cpu profile) --------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def cpu_repository(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """XLM-R test model, truncate mode, the test settings."""
     return export_cpu_repository(xlmr_model_dir, tmp_path_factory.mktemp("repos") / "cpu")
 
 
 @pytest.fixture(scope="session")
-def triton_server(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def bert_repository(bert_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_cpu_repository(bert_model_dir, tmp_path_factory.mktemp("repos") / "bert")
+
+
+@pytest.fixture(scope="session")
+def window_repository(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """XLM-R in window mode; its model step waits long enough for concurrent requests to merge."""
+    from reranker_export.settings import Overflow
+
+    return export_cpu_repository(
+        xlmr_model_dir,
+        tmp_path_factory.mktemp("repos") / "window",
+        overflow=Overflow.WINDOW,
+        window_stride=WINDOW_STRIDE,
+        max_queue_delay_us=WINDOW_MERGE_DELAY_US,
+    )
+
+
+# -- servers, one per repository ----------------------------------------------------------------
+
+
+def _serve(repository: Path, name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from reranker_serve import TritonServer
 
-    log = tmp_path_factory.mktemp("logs") / "triton-session.log"
-    with TritonServer(cpu_repository, log_file=log) as server:
+    with TritonServer(repository, log_file=tmp_path_factory.mktemp("logs") / f"triton-{name}.log") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def triton_server(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _serve(cpu_repository, "session", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def bert_server(bert_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _serve(bert_repository, "bert", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def window_server(window_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    yield from _serve(window_repository, "window", tmp_path_factory)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,11 @@ def lock_pins(path: Path = LOCK) -> dict[str, str]:
             pins[canonicalize_name(match.group(1))] = match.group(2)
     return pins
 
+
+# Window mode in the shared window repository: stride, and how long its model step waits for
+# concurrent requests to merge into one batch.
+WINDOW_STRIDE = 32
+WINDOW_MERGE_DELAY_US = 300_000
 
 # Small but real settings for the tiny models: short buckets keep the CPU work low.
 TEST_TOKENIZER = TokenizerSettings(max_length=128, length_buckets=(32, 64, 128), max_documents=64)
@@ -51,3 +58,30 @@ def export_cpu_repository(model_dir: Path, output: Path, **overrides: Any) -> Pa
         ExportSettings(model=str(model_dir), output=output, serving=serving_settings(**overrides), force=True)
     )
     return result.repository
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCounts:
+    requests: int
+    """Answered, with success or failure."""
+    executions: int
+
+
+def model_counts(client: Any, model: str, *, at_least: int = 0, timeout_s: float = 60.0) -> ModelCounts:
+    """``model``'s request and execution counts, once it has counted ``at_least`` requests.
+
+    Triton records a request's statistics after sending its reply, so a read right after the
+    last reply can miss it: read again, a few times a second, until the count is there.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while True:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        inference = stats["inference_stats"]
+        counts = ModelCounts(
+            requests=sum(int(inference[k].get("count", 0)) for k in ("success", "fail")),
+            executions=int(stats.get("execution_count", 0)),
+        )
+        if counts.requests >= at_least or time.monotonic() > deadline:
+            return counts
+        pause.wait(0.05)  # never wakes early: a pause between reads, not a synchronisation

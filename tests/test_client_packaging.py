@@ -61,7 +61,7 @@ def test_client_imports_nothing_heavy() -> None:
     # Everything is installed in the dev venv, so check what importing the client actually loads.
     heavy_modules = sorted(name.replace("-", "_") for name in HEAVY)
     code = (
-        "import sys, reranker_client, reranker_client.cli, reranker_client.bench;"
+        "import sys, reranker_client, reranker_client.cli;"
         f"loaded = [m for m in {heavy_modules!r} if m in sys.modules];"
         "print(','.join(loaded))"
     )

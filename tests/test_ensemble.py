@@ -8,12 +8,9 @@ with ``INVALID_ARGUMENT`` by a server that keeps serving, and long-document (win
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,6 @@ from reranker_export.settings import (
     ENSEMBLE_NAME,
     QUERY,
     SCORES,
-    Overflow,
 )
 from reranker_export.testmodels import (
     LANGUAGES,
@@ -39,7 +35,7 @@ from reranker_export.testmodels import (
     multilingual_probe_pairs,
     relevance_examples,
 )
-from support import TEST_TOKENIZER, export_cpu_repository
+from support import TEST_TOKENIZER, WINDOW_STRIDE, model_counts
 
 # Model building, export and server start-up are paid by whichever test first asks for a fixture.
 pytestmark = pytest.mark.timeout(600)
@@ -48,7 +44,6 @@ CALL_TIMEOUT_S = 60.0  # per gRPC call: a hung server fails the test instead of 
 MAX_LENGTH = TEST_TOKENIZER.max_length  # 128, the session repository's
 QUERY_MAX_LENGTH = TEST_TOKENIZER.effective_query_max_length  # 96
 PARITY_ATOL = 1e-4
-WINDOW_STRIDE = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,15 +94,6 @@ def score_pairs(client: Any, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
 def client(triton_server: Any) -> Iterator[Any]:
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as c:
         yield c
-
-
-@contextlib.contextmanager
-def running_server(repository: Path, log_file: Path) -> Iterator[Any]:
-    """A second server for this module, started while this process already holds gRPC channels."""
-    from reranker_serve import TritonServer
-
-    with TritonServer(repository, log_file=log_file) as server:
-        yield server
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,14 +218,6 @@ def test_xlmr_scores_equal_flagreranker(client: Any, xlmr_model_dir: Path) -> No
     check_flag_parity(client, xlmr_model_dir)
 
 
-@pytest.fixture(scope="module")
-def bert_server(bert_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    repository = export_cpu_repository(bert_model_dir, tmp_path_factory.mktemp("repos") / "bert")
-    log = tmp_path_factory.mktemp("logs") / "triton-bert.log"
-    with running_server(repository, log) as server:
-        yield server
-
-
 def test_bert_scores_equal_flagreranker(bert_server: Any, bert_model_dir: Path) -> None:
     assert "token_type_ids" in (bert_server.model_repository / "reranker_model" / "config.pbtxt").read_text()
     with grpcclient.InferenceServerClient(bert_server.grpc_url) as bert_client:
@@ -271,38 +249,15 @@ def test_trained_model_ranks_the_relevant_document_first(client: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BatchStats:
-    requests: int
-    executions: int
-
-
-def model_stats(client: Any, *, at_least: int = 0, timeout_s: float = CALL_TIMEOUT_S) -> BatchStats:
-    """``reranker_model``'s request and execution counts, once it has counted ``at_least`` requests.
-
-    Triton records a request's statistics after sending its reply, so a read right after the
-    last reply can miss it: poll (each read is a gRPC call) until the count is there.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = client.get_inference_statistics(CORE_MODEL_NAME, as_json=True)["model_stats"][0]
-        current = BatchStats(
-            requests=int(stats["inference_stats"]["success"].get("count", 0)),
-            executions=int(stats.get("execution_count", 0)),
-        )
-        if current.requests >= at_least or time.monotonic() > deadline:
-            return current
-
-
 def test_concurrent_clients_get_their_own_scores_and_batches_merge(client: Any, triton_server: Any) -> None:
     workers = 32
     examples = relevance_examples(seed=11, count=workers)
     # Different candidate lists per client: other queries, lengths and orders (some rotated).
     requests = [(e.query, list(e.documents[i % 3 :] + e.documents[: i % 3])) for i, e in enumerate(examples)]
-    start = model_stats(client)
+    start = model_counts(client, CORE_MODEL_NAME)
     alone = [rerank(client, q, docs) for q, docs in requests]
 
-    before = model_stats(client, at_least=start.requests + workers)
+    before = model_counts(client, CORE_MODEL_NAME, at_least=start.requests + workers)
     barrier = threading.Barrier(workers, timeout=CALL_TIMEOUT_S)
 
     def call(i: int) -> np.ndarray:
@@ -313,7 +268,7 @@ def test_concurrent_clients_get_their_own_scores_and_batches_merge(client: Any, 
 
     with ThreadPoolExecutor(workers) as pool:
         together = list(pool.map(call, range(workers)))
-    after = model_stats(client, at_least=before.requests + workers)
+    after = model_counts(client, CORE_MODEL_NAME, at_least=before.requests + workers)
 
     for i, (got, expected) in enumerate(zip(together, alone, strict=True)):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=f"client {i}")
@@ -390,19 +345,6 @@ def test_bad_input_is_invalid_argument_and_server_keeps_serving(
 # --------------------------------------------------------------------------------------------
 # Long documents: window mode
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def window_server(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    repository = export_cpu_repository(
-        xlmr_model_dir,
-        tmp_path_factory.mktemp("repos") / "window",
-        overflow=Overflow.WINDOW,
-        window_stride=WINDOW_STRIDE,
-    )
-    log = tmp_path_factory.mktemp("logs") / "triton-window.log"
-    with running_server(repository, log) as server:
-        yield server
 
 
 def _held_out(topic: str, language: str, kind: str) -> list[str]:

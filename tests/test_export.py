@@ -33,10 +33,16 @@ def _export(model_dir: Path, output: Path, profile: Profile, **overrides: object
     return result.manifest
 
 
-@pytest.mark.parametrize("kind", ["xlmr", "bert"])
-def test_export_fp32_and_fp16_parity(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    model_dir = request.getfixturevalue(f"{kind}_model_dir")
-    manifest = _export(model_dir, tmp_path / "repo", Profile.TENSORRT)
+@pytest.fixture(scope="module", params=["xlmr", "bert"])
+def tensorrt_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict]:
+    """(kind, repository, manifest) of each test model exported for the tensorrt profile, once."""
+    kind: str = request.param
+    repository = tmp_path_factory.mktemp(f"tensorrt-{kind}") / "repo"
+    return kind, repository, _export(request.getfixturevalue(f"{kind}_model_dir"), repository, Profile.TENSORRT)
+
+
+def test_export_fp32_and_fp16_parity(tensorrt_export: tuple[str, Path, dict]) -> None:
+    kind, repository, manifest = tensorrt_export
 
     fp32 = manifest["validation"]["fp32"]
     assert fp32["max_abs_diff"] <= 1e-4
@@ -46,7 +52,7 @@ def test_export_fp32_and_fp16_parity(kind: str, request: pytest.FixtureRequest, 
     assert fp16["top5_overlap"] >= 0.8
     assert fp16["kendall_tau"] >= 0.8
 
-    model = onnx.load(str(tmp_path / "repo/reranker_model/onnx/model.onnx"))
+    model = onnx.load(str(repository / "reranker_model/onnx/model.onnx"))
     graph = model.graph
     expected_inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if kind == "bert" else [])
     assert [i.name for i in graph.input] == expected_inputs
@@ -79,14 +85,15 @@ def test_manifest_records_model_hashes_settings_and_versions(cpu_repository: Pat
     assert manifest["validation"]["fp32"]["max_abs_diff"] <= 1e-4
 
 
-def test_tensorrt_manifest_has_engine_command(xlmr_model_dir: Path, tmp_path: Path) -> None:
-    manifest = _export(xlmr_model_dir, tmp_path / "repo", Profile.TENSORRT)
+def test_tensorrt_manifest_has_engine_command(tensorrt_export: tuple[str, Path, dict]) -> None:
+    kind, repository, manifest = tensorrt_export
     command = manifest["engine_build_command"]
     assert command[0] == "trtexec" and "--stronglyTyped" in command
-    assert "--maxShapes=input_ids:64x128,attention_mask:64x128" in command
-    script = (tmp_path / "repo/reranker_model/build_engine.sh").read_text()
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if kind == "bert" else [])
+    assert "--maxShapes=" + ",".join(f"{name}:64x128" for name in inputs) in command
+    script = (repository / "reranker_model/build_engine.sh").read_text()
     assert "trtexec" in script and "--stronglyTyped" in script
-    assert os.access(tmp_path / "repo/reranker_model/build_engine.sh", os.X_OK)
+    assert os.access(repository / "reranker_model/build_engine.sh", os.X_OK)
 
 
 def _perturbing_export(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,9 +103,7 @@ def _render(directory: Path) -> str:
     command = _kustomize_command()
     if command is None:
         pytest.skip(KUBECTL_HINT)
-    result = subprocess.run(
-        [*command, str(directory)], capture_output=True, text=True, check=False, timeout=120
-    )
+    result = subprocess.run([*command, str(directory)], capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, f"{' '.join(command)} {directory} failed:\n{result.stderr}"
     return result.stdout
 
@@ -406,12 +404,8 @@ def test_every_skipped_check_is_justified() -> None:
     assert set(config["framework"]) == {"kubernetes", "dockerfile"}
     for check_id in config.get("skip-check", []):
         # A comment in the config names the check and says why; the README repeats it.
-        assert re.search(rf"^\s*#.*\b{check_id}\b.+", config_text, re.M), (
-            f"{check_id}: no justification comment"
-        )
-        assert re.search(rf"\b{check_id}\b.+", readme), (
-            f"{check_id} is skipped but not documented in k8s/README.md"
-        )
+        assert re.search(rf"^\s*#.*\b{check_id}\b.+", config_text, re.M), f"{check_id}: no justification comment"
+        assert re.search(rf"\b{check_id}\b.+", readme), f"{check_id} is skipped but not documented in k8s/README.md"
 
 
 # -- agreement with the local server and the export ----------------------------------------------
@@ -514,9 +508,7 @@ def test_pods_are_locked_down(name: str) -> None:
 def test_gpu_scheduling_and_shared_memory(overlay: str) -> None:
     workload = deployment(overlay)
     spec = pod_spec(workload)
-    gpu_containers = [
-        c["name"] for c in all_containers(workload) if "nvidia.com/gpu" in c["resources"]["limits"]
-    ]
+    gpu_containers = [c["name"] for c in all_containers(workload) if "nvidia.com/gpu" in c["resources"]["limits"]]
     if overlay in GPU_OVERLAYS:
         expected = [TRITON_CONTAINER] + ([ENGINE_INIT_CONTAINER] if overlay == "gpu-tensorrt" else [])
         assert sorted(gpu_containers) == sorted(expected)
@@ -544,22 +536,13 @@ def test_engine_volumes_fit_the_repository_layout() -> None:
     env = {e["name"]: e["value"] for e in init["env"]}
     assert init["image"] == f"nvcr.io/nvidia/tensorrt:{triton_release()}-py3"
     assert env["CORE_MODEL"] == CORE_MODEL_NAME
-    assert (
-        env["MODEL_REPOSITORY"]
-        == mount_path(init, "model-repository")
-        == mount_path(server, "model-repository")
-    )
+    assert env["MODEL_REPOSITORY"] == mount_path(init, "model-repository") == mount_path(server, "model-repository")
     assert env["ENGINE_CACHE"] == mount_path(init, "engine-cache")
     assert env["ENGINE_LINK_DIR"] == mount_path(init, "engine")
     # Triton sees the link where it loads the engine, and its target at the same path.
-    assert (
-        mount_path(server, "engine")
-        == f"{flag(server['args'], '--model-repository')}/{CORE_MODEL_NAME}/{VERSION}"
-    )
+    assert mount_path(server, "engine") == f"{flag(server['args'], '--model-repository')}/{CORE_MODEL_NAME}/{VERSION}"
     assert mount_path(server, "engine-cache") == env["ENGINE_CACHE"]
-    assert all(
-        m.get("readOnly") for m in server["volumeMounts"] if m["name"] != "dshm" and m["name"] != "tmp"
-    )
+    assert all(m.get("readOnly") for m in server["volumeMounts"] if m["name"] != "dshm" and m["name"] != "tmp")
 
     # The init container runs the script of the generated ConfigMap, which is engine-init.sh.
     script_dir = mount_path(init, "engine-init")
@@ -647,9 +630,7 @@ class EngineInitPod:
 
     def run(self, **extra_env: str) -> subprocess.CompletedProcess[str]:
         env = {e["name"]: self.local(e["value"]) for e in self.spec["env"]}
-        env.update(
-            PATH=f"{self.bin}:/usr/bin:/bin", STUB_LOG=str(self.log), HOSTNAME="reranker-0", **extra_env
-        )
+        env.update(PATH=f"{self.bin}:/usr/bin:/bin", STUB_LOG=str(self.log), HOSTNAME="reranker-0", **extra_env)
         command = [self.local(part) for part in self.spec["command"]]
         return subprocess.run(
             command,
@@ -684,9 +665,7 @@ def test_engine_init_builds_once_per_gpu_tensorrt_and_model(tmp_path: Path) -> N
     save_engine = next(a for a in build if a.startswith("--saveEngine=")).split("=", 1)[1]
     assert save_engine.startswith(f"{engine}.partial.reranker-0.")
     onnx_path = pod.model_dir / "onnx" / "model.onnx"
-    expected = engine_build_command(
-        settings, ModelSignature(), onnx_path=str(onnx_path), engine_path=save_engine
-    )
+    expected = engine_build_command(settings, ModelSignature(), onnx_path=str(onnx_path), engine_path=save_engine)
     assert ["trtexec", *build] == expected
     assert sorted(p.name for p in engine.parent.iterdir()) == [ENGINE_FILENAME]
 
@@ -821,9 +800,7 @@ def test_locust_runs_the_project_locustfile_against_the_grpc_service() -> None:
     client_rule = find(server, "NetworkPolicy", "reranker")["spec"]["ingress"][0]["from"][0]
     assert selects(client_rule["podSelector"]["matchLabels"], worker_labels)
     master_policy = find(objects, "NetworkPolicy", "reranker-locust-master")
-    assert selects(
-        master_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"], worker_labels
-    )
+    assert selects(master_policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"], worker_labels)
     assert master["spec"]["backoffLimit"] == 0, "a failed SLO gate must fail the Job, not rerun it"
 
 
@@ -880,9 +857,7 @@ DASHBOARD = K8S / "components" / "monitoring" / "grafana-dashboard.json"
 
 
 def _adapter_rules() -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = yaml.safe_load(ADAPTER_VALUES.read_text(encoding="utf-8"))["rules"][
-        "custom"
-    ]
+    rules: list[dict[str, Any]] = yaml.safe_load(ADAPTER_VALUES.read_text(encoding="utf-8"))["rules"]["custom"]
     return rules
 
 
@@ -895,9 +870,7 @@ def _queries() -> dict[str, str]:
     for i, rule in enumerate(_adapter_rules()):
         queries[f"adapter {i} series"] = rule["seriesQuery"]
         queries[f"adapter {i} query"] = (
-            rule["metricsQuery"]
-            .replace("<<.LabelMatchers>>", 'namespace="ns"')
-            .replace("<<.GroupBy>>", "pod")
+            rule["metricsQuery"].replace("<<.LabelMatchers>>", 'namespace="ns"').replace("<<.GroupBy>>", "pod")
         )
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     for panel in dashboard["panels"]:
@@ -955,9 +928,7 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
         assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
         assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     dashboards = [
-        c
-        for c in kinds(rendered("gpu-tensorrt"), "ConfigMap")
-        if "grafana_dashboard" in c["metadata"]["labels"]
+        c for c in kinds(rendered("gpu-tensorrt"), "ConfigMap") if "grafana_dashboard" in c["metadata"]["labels"]
     ]
     (dashboard,) = dashboards
     assert json.loads(dashboard["data"]["reranker.json"]) == json.loads(DASHBOARD.read_text(encoding="utf-8"))
@@ -965,9 +936,7 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
 
 def test_queries_name_models_of_the_repository() -> None:
     queries = _queries()
-    repository_models = {
-        p.name for p in (ROOT / "model_repository").iterdir() if (p / "config.pbtxt").is_file()
-    }
+    repository_models = {p.name for p in (ROOT / "model_repository").iterdir() if (p / "config.pbtxt").is_file()}
     assert {ENSEMBLE_NAME, TOKENIZER_MODEL_NAME, CORE_MODEL_NAME} <= repository_models
     recorded = {
         rule["record"]

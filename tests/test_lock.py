@@ -117,6 +117,11 @@ def test_building_the_project_prints_no_warning(tmp_path: Path) -> None:
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    for data in ("reranker_export/testdata/en.txt", "reranker_export/triton_models/reranker_model/model.py",
-                 "reranker_loadtest/data/en.txt", "reranker_loadtest/locustfile.py", "reranker_client/py.typed"):
+    for data in (
+        "reranker_export/testdata/en.txt",
+        "reranker_export/triton_models/reranker_model/model.py",
+        "reranker_loadtest/data/en.txt",
+        "reranker_loadtest/locustfile.py",
+        "reranker_client/py.typed",
+    ):
         assert data in names

@@ -1,7 +1,7 @@
 """The README's main job, offline: ``MODEL=test scripts/quickstart.sh``.
 
-The script installs, then runs ``python -m reranker_serve.demo --model test``; this test runs that
-same module end to end (export, a real Triton, the gRPC client) with the hub made unreachable, and
+The script installs the ``demo`` extra, then runs ``reranker-demo --model test``; this test runs that
+same command end to end (export, a real Triton, the gRPC client) with the hub made unreachable, and
 checks the ranking it prints.
 """
 
@@ -18,12 +18,14 @@ from pathlib import Path
 from reranker_export.testmodels import relevance_examples
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(Path(sys.executable).with_name("reranker-demo"))  # the console script of this venv
 ROW = re.compile(r"^\s*(\d+)\s+(-?\d+\.\d+)\s+(.+)$")
 
 
 def test_quickstart_script_runs_the_demo_module() -> None:
     script = (ROOT / "scripts" / "quickstart.sh").read_text(encoding="utf-8")
-    assert re.search(r'^exec \.venv/bin/python -m reranker_serve\.demo --model "\$\{MODEL:-', script, re.M)
+    assert re.search(r"^scripts/bootstrap\.sh demo$", script, re.M)
+    assert re.search(r'^exec \.venv/bin/reranker-demo --model "\$\{MODEL:-', script, re.M)
 
 
 def test_quickstart_with_the_test_model_ranks_its_sample(xlmr_model_dir: Path, tmp_path: Path) -> None:
@@ -40,7 +42,7 @@ def test_quickstart_with_the_test_model_ranks_its_sample(xlmr_model_dir: Path, t
             "HF_ENDPOINT": f"http://127.0.0.1:{closed_port.getsockname()[1]}",
         }
         proc = subprocess.run(
-            [sys.executable, "-m", "reranker_serve.demo", "--model", "test", "--workdir", str(workdir)],
+            [DEMO, "--model", "test", "--workdir", str(workdir)],
             capture_output=True,
             text=True,
             timeout=600,

@@ -20,13 +20,13 @@ BERT = tm.TestModelKind.BERT
 
 
 @pytest.fixture(scope="module", params=list(tm.TestModelKind), ids=lambda kind: kind.value)
-def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[tm.TestModelKind, Path]:
+def built(request: pytest.FixtureRequest) -> tuple[tm.TestModelKind, Path]:
+    """Each kind as the session built it (conftest.py): the suite trains each model once."""
     kind: tm.TestModelKind = request.param
-    lines: list[str] = []
-    path = tm.build_test_model(tmp_path_factory.mktemp(kind.value) / "model", kind=kind, progress=lines.append)
-    assert any("held-out top-1" in line for line in lines)
-    assert lines[-1] == f"saved to {path}"
-    return kind, path
+    model = request.getfixturevalue("built_xlmr" if kind is XLMR else "built_bert")
+    assert any("held-out top-1" in line for line in model.progress)
+    assert model.progress[-1] == f"saved to {model.path}"
+    return kind, model.path
 
 
 def _load(path: Path) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
@@ -112,8 +112,10 @@ def test_long_document_and_probes_truncate_in_both_tokenizers(built: tuple[tm.Te
 @pytest.mark.parametrize("kind", list(tm.TestModelKind), ids=lambda kind: kind.value)
 def test_same_seed_same_weights(kind: tm.TestModelKind, tmp_path: Path) -> None:
     threads, rng_state = torch.get_num_threads(), torch.random.get_rng_state()
-    paths = [tm.build_test_model(tmp_path / name, kind=kind, seed=seed, train_steps=20)
-             for name, seed in (("a", 0), ("b", 0), ("c", 1))]  # fmt: skip
+    paths = [
+        tm.build_test_model(tmp_path / name, kind=kind, seed=seed, train_steps=20)
+        for name, seed in (("a", 0), ("b", 0), ("c", 1))
+    ]
     assert torch.get_num_threads() == threads  # the caller's torch settings are left alone
     assert torch.equal(torch.random.get_rng_state(), rng_state)
     weights = [load_file(path / "model.safetensors") for path in paths]

@@ -5,17 +5,16 @@ are called directly, past the ``reranker`` ensemble (tests/test_ensemble.py cove
 to end): pair ids against FlagReranker's own tokenization (HF tokenizer + ``prepare_for_model_compat``),
 BERT token_type_ids, bucket padding, bad input, window rows, batching in the model step.
 
-Repositories come from the real export (``support.export_cpu_repository``) of the session's test
-models. Servers: the session's ``triton_server`` (XLM-R, truncate, the test settings), one for the
-BERT model, and one in window mode whose model step waits for concurrent requests to merge.
+Repositories and servers are the session's (conftest.py): XLM-R truncate, BERT, and window mode
+whose model step waits for concurrent requests to merge. The steps' logic alone (bucket padding,
+window rows, sub-batching, window max) is unit-tested without Triton in tests/test_steps.py.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,22 +38,17 @@ from reranker_export.settings import (
     SCORES_MODEL_NAME,
     TOKEN_TYPE_IDS,
     TOKENIZER_MODEL_NAME,
-    Overflow,
 )
 from reranker_export.testmodels import corpus, long_document, relevance_examples
-from support import TEST_TOKENIZER, export_cpu_repository, serving_settings
+from support import TEST_TOKENIZER, model_counts, serving_settings
 
 CALL_TIMEOUT_S = 60.0  # per gRPC call: a hung server fails the test instead of stalling the run
 MAX_LENGTH = TEST_TOKENIZER.max_length  # 128
 QUERY_MAX_LENGTH = TEST_TOKENIZER.effective_query_max_length  # 96
-BUCKETS = TEST_TOKENIZER.effective_length_buckets  # (32, 64, 128)
 MAX_DOCUMENTS = TEST_TOKENIZER.max_documents
-MAX_ROWS = serving_settings().max_batch_size  # the tokenizer's max_rows is reranker_model's max_batch_size
 MAX_QUERY_BYTES = TEST_TOKENIZER.max_query_bytes
 MAX_DOCUMENT_BYTES = TEST_TOKENIZER.max_document_bytes
 MAX_REQUEST_BYTES = TEST_TOKENIZER.max_request_bytes
-WINDOW_STRIDE = 32
-MERGE_QUEUE_DELAY_US = 300_000  # the window server's model step waits this long for more requests
 XLMR_BOS, XLMR_PAD, XLMR_EOS = 0, 1, 2  # <s> <pad> </s>: XLM-R's ids, which the test model keeps
 BERT_PAD, BERT_CLS, BERT_SEP = 0, 2, 3  # [PAD] [CLS] [SEP] of the BERT test model
 
@@ -74,13 +68,6 @@ class Served:
         return grpcclient.InferenceServerClient(self.url)
 
 
-def _serve(repository: Path, model_dir: Path, log: Path) -> Iterator[Served]:
-    from reranker_serve import TritonServer
-
-    with TritonServer(repository, log_file=log) as server:
-        yield Served(url=server.grpc_url, repository=repository, model_dir=model_dir)
-
-
 @pytest.fixture(scope="module")
 def xlmr(triton_server: Any, cpu_repository: Path, xlmr_model_dir: Path) -> Served:
     """The session server: XLM-R test model, truncate mode, the test settings."""
@@ -88,22 +75,14 @@ def xlmr(triton_server: Any, cpu_repository: Path, xlmr_model_dir: Path) -> Serv
 
 
 @pytest.fixture(scope="module")
-def bert(bert_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("steps-bert")
-    yield from _serve(export_cpu_repository(bert_model_dir, root / "repo"), bert_model_dir, root / "triton.log")
+def bert(bert_server: Any, bert_repository: Path, bert_model_dir: Path) -> Served:
+    return Served(url=bert_server.grpc_url, repository=bert_repository, model_dir=bert_model_dir)
 
 
 @pytest.fixture(scope="module")
-def window(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("steps-window")
-    repository = export_cpu_repository(
-        xlmr_model_dir,
-        root / "repo",
-        overflow=Overflow.WINDOW,
-        window_stride=WINDOW_STRIDE,
-        max_queue_delay_us=MERGE_QUEUE_DELAY_US,
-    )
-    yield from _serve(repository, xlmr_model_dir, root / "triton.log")
+def window(window_server: Any, window_repository: Path, xlmr_model_dir: Path) -> Served:
+    """Window mode; the model step waits WINDOW_MERGE_DELAY_US for concurrent requests to merge."""
+    return Served(url=window_server.grpc_url, repository=window_repository, model_dir=xlmr_model_dir)
 
 
 # -- texts from the project's corpus (no <unk>: FlagReranker's text round trip keeps them) ------
@@ -255,19 +234,6 @@ def test_bert_pairs_and_token_type_ids(bert: Served, texts: Texts) -> None:
     assert _unpad(out, TOKEN_TYPE_IDS, len(documents)) == [0] * (len(q) + 2) + [1]
 
 
-def test_pads_to_the_smallest_bucket(xlmr: Served, texts: Texts) -> None:
-    widths = {}
-    # a few words, a paragraph, a long passage: pairs in every bucket
-    for doc in (long_document(3), long_document(30), texts.long[0]):
-        (longest,) = {len(p["input_ids"]) for p in flag_pairs(xlmr.model_dir, texts.query, [doc])}
-        out = tokenize(xlmr, texts.query, [doc, ""], [INPUT_IDS, ATTENTION_MASK])
-        width = out[INPUT_IDS].shape[1]
-        assert width == min(b for b in BUCKETS if b >= longest), (longest, width)
-        widths[longest] = width
-        assert out[ATTENTION_MASK].sum(axis=1).max() == longest
-    assert set(widths.values()) == set(BUCKETS), widths  # every bucket was exercised
-
-
 # -- tokenizer: bad input --------------------------------------------------------------------
 
 _Q = "weather forecast for the weekend"
@@ -335,36 +301,13 @@ def test_bad_request_does_not_fail_concurrent_good_ones(xlmr: Served, texts: Tex
     assert all(r == expected for i, r in enumerate(results) if i % 4 != 1)
 
 
-# -- tokenizer: window mode ------------------------------------------------------------------
-
-
-def test_window_rows_cover_each_passage(window: Served, texts: Texts) -> None:
-    query = texts.query
-    documents = [texts.short[0], texts.long[0], "", texts.long[1]]
-    out = tokenize(window, query, documents, [INPUT_IDS, ATTENTION_MASK, DOCUMENT_INDEX])
-    q = raw_ids(window.model_dir, query)[:QUERY_MAX_LENGTH]
-    budget = MAX_LENGTH - len(q) - 4
-    head = [XLMR_BOS, *q, XLMR_EOS, XLMR_EOS]
-    rows = out[DOCUMENT_INDEX].tolist()
-    assert rows == sorted(rows) and set(rows) == set(range(len(documents)))
-    for d, doc in enumerate(documents):
-        p = raw_ids(window.model_dir, doc)
-        windows = [_unpad(out, INPUT_IDS, r) for r in range(len(rows)) if rows[r] == d]
-        if len(p) <= budget:
-            assert windows == [[*head, *p, XLMR_EOS]]
-            continue
-        assert len(windows) > 1
-        starts = [*range(0, len(p) - budget, WINDOW_STRIDE), len(p) - budget]
-        assert windows == [[*head, *p[s : s + budget], XLMR_EOS] for s in starts]
-        assert all(len(w) == MAX_LENGTH for w in windows)
-
-
 def test_window_mode_refuses_too_many_rows(window: Served, texts: Texts) -> None:
+    max_rows = serving_settings().max_batch_size  # the tokenizer's max_rows is reranker_model's max_batch_size
     inputs = [_bytes_input(QUERY, [texts.query]), _bytes_input(DOCUMENTS, [long_document(2000)])]
-    expect_invalid(window, TOKENIZER_MODEL_NAME, inputs, f"more than {MAX_ROWS} windows")
+    expect_invalid(window, TOKENIZER_MODEL_NAME, inputs, f"more than {max_rows} windows")
     # a document with fewer windows passes
     out = tokenize(window, texts.query, [long_document(600)], [DOCUMENT_INDEX])
-    assert 0 < len(out[DOCUMENT_INDEX]) <= MAX_ROWS
+    assert 0 < len(out[DOCUMENT_INDEX]) <= max_rows
 
 
 # -- the model step and the aggregation step -------------------------------------------------
@@ -376,30 +319,6 @@ def _onnx_logits(served: Served, inputs: dict[str, np.ndarray]) -> np.ndarray:
     path = served.repository / CORE_MODEL_NAME / "1" / "model.onnx"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run([LOGITS], inputs)[0]
-
-
-@dataclass(frozen=True)
-class Counts:
-    requests: int  # answered, with success or failure
-    executions: int
-
-
-def model_counts(served: Served, *, at_least: int = 0) -> Counts:
-    """``reranker_model``'s request and execution counts, once it has counted ``at_least`` requests.
-
-    Triton records a request's statistics after sending its reply: poll until they are there.
-    """
-    deadline = time.monotonic() + CALL_TIMEOUT_S
-    with served.client() as client:
-        while True:
-            stats = client.get_inference_statistics(CORE_MODEL_NAME, as_json=True)["model_stats"][0]
-            inference = stats["inference_stats"]
-            counts = Counts(
-                requests=sum(int(inference[k].get("count", 0)) for k in ("success", "fail")),
-                executions=int(stats.get("execution_count", 0)),
-            )
-            if counts.requests >= at_least or time.monotonic() > deadline:
-                return counts
 
 
 def test_model_batches_requests_and_isolates_a_failing_one(window: Served, texts: Texts) -> None:
@@ -428,10 +347,11 @@ def test_model_batches_requests_and_isolates_a_failing_one(window: Served, texts
             except InferenceServerException as exc:
                 return exc.message() or ""
 
-    before = model_counts(window)
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(score, range(workers)))
-    after = model_counts(window, at_least=before.requests + workers)
+    with window.client() as client:
+        before = model_counts(client, CORE_MODEL_NAME)
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(score, range(workers)))
+        after = model_counts(client, CORE_MODEL_NAME, at_least=before.requests + workers)
     assert after.requests - before.requests == workers
     assert after.executions - before.executions < workers, "the dynamic batcher did not merge any requests"
     for i, result in enumerate(results):

@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, int_list, progress_printer
 
 from .errors import ExportError
 from .settings import DEFAULT_MODEL_ID, Overflow, Precision, Profile, ServingSettings, TokenizerSettings
 
 PROG = "reranker-export"
-
-
-def _progress(started: float) -> Callable[[str], None]:
-    def say(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-    return say
-
-
-def _buckets(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
 def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +55,7 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--length-buckets",
-        type=_buckets,
+        type=int_list,
         default=tok.length_buckets,
         help="comma-separated padding lengths (default: %(default)s)",
     )
@@ -183,8 +170,7 @@ def _test_model_parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: list[str]) -> int:
-    started = time.perf_counter()
-    say = _progress(started)
+    say = progress_printer()
     if argv and argv[0] == "make-test-model":
         args = _test_model_parser().parse_args(argv[1:])
         from .testmodels import TestModelKind, build_test_model
@@ -228,13 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(list(sys.argv[1:] if argv is None else argv))
     except ExportError as exc:
         print(f"{PROG}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     except ValueError as exc:  # settings that cannot hold together
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

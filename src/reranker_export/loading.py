@@ -144,9 +144,7 @@ def load_cross_encoder(
         )
     say(f"loading {model} ({config.model_type}) and its tokenizer")
     try:
-        hf_model = AutoModelForSequenceClassification.from_pretrained(
-            local_dir, local_files_only=True, dtype="float32"
-        )
+        hf_model = AutoModelForSequenceClassification.from_pretrained(local_dir, local_files_only=True, dtype="float32")
     except ValueError as exc:
         raise ModelLoadError(
             f"{model} ({config.model_type}) is not a sequence-classification cross-encoder: {exc}"

@@ -46,6 +46,7 @@ ONNX_FILENAME = "model.onnx"
 TOKENIZER_FILENAME = "tokenizer.json"
 VERSION = "1"
 KEEP_FILENAME = ".gitkeep"
+STEPS_PACKAGE = "reranker_steps"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,8 +229,22 @@ def parse_config(text: str) -> mc.ModelConfig:
 
 
 def python_model_source(model_name: str) -> str:
-    """The code of a python-backend step, shipped as package data."""
+    """The code of a python-backend step's adapter, shipped as package data."""
     return resources.files("reranker_export").joinpath("triton_models", model_name, "model.py").read_text("utf-8")
+
+
+def steps_package_sources() -> dict[str, str]:
+    """``reranker_steps``'s modules by file name: the logic every python step imports.
+
+    Rendered beside each step's ``model.py`` so the repository needs nothing but tokenizers,
+    numpy (and onnxruntime for the cpu model) in Triton's Python.
+    """
+    package = resources.files(STEPS_PACKAGE)
+    return {
+        entry.name: entry.read_text("utf-8")
+        for entry in sorted(package.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".py")
+    }
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -264,6 +279,10 @@ def render_repository(
         (model_dir / CONFIG_FILENAME).write_text(format_config(config), encoding="utf-8")
         if config.backend == "python":
             (model_dir / VERSION / "model.py").write_text(python_model_source(name), encoding="utf-8")
+            steps_dir = model_dir / VERSION / STEPS_PACKAGE
+            steps_dir.mkdir(exist_ok=True)
+            for filename, source in steps_package_sources().items():
+                (steps_dir / filename).write_text(source, encoding="utf-8")
 
     if settings.profile is Profile.TENSORRT:
         script = output / CORE_MODEL_NAME / "build_engine.sh"

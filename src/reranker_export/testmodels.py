@@ -16,6 +16,9 @@ fixed while the layers learn to compare the query's topic with the passage's, fr
 groups (one same-topic passage, three other-topic ones) that mix natural sentences, synthetic
 texts drawn from each topic's vocabulary, and cross-lingual pairs. Nothing of the held-out
 split is trained on, so :func:`relevance_examples` measures generalisation.
+
+Its ~600 lines are one job end to end (corpus, tokenizers, warm start, training, saving) with one
+public entry point, :func:`build_test_model`; split up, its private steps would only call each other.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, XLMRobertaConfig
 
 __all__ = [
     "LANGUAGES",
@@ -46,6 +49,7 @@ __all__ = [
     "CorpusEntry",
     "RelevanceExample",
     "TestModelKind",
+    "bge_reranker_v2_m3_config",
     "build_test_model",
     "corpus",
     "lexicon",
@@ -130,8 +134,9 @@ def lexicon() -> dict[tuple[str, str], tuple[str, ...]]:
     return words
 
 
-def _texts(*, topic: str | None = None, language: str | None = None, kind: Kind | None = None,
-           split: Split | None = None) -> list[str]:  # fmt: skip
+def _texts(
+    *, topic: str | None = None, language: str | None = None, kind: Kind | None = None, split: Split | None = None
+) -> list[str]:
     return [
         e.text
         for e in corpus()
@@ -244,6 +249,28 @@ _PUNCTUATION = ",.?!¿¡:;"
 # them, as in a real multilingual vocabulary (fewer <unk>s in probes and user text).
 _ALPHABET = sorted(set(string.ascii_letters + string.digits + string.punctuation + "°–—…«»„“”‘’€£¥§×·"))
 _CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+
+
+def bge_reranker_v2_m3_config() -> XLMRobertaConfig:
+    """The full-size architecture of BAAI/bge-reranker-v2-m3 (its ``config.json``; ~568M parameters).
+
+    With random weights it stands in for the real checkpoint where the hub is out of reach:
+    export size and memory, graph checks, benchmarks of the model step.
+    """
+    from transformers import XLMRobertaConfig
+
+    config = XLMRobertaConfig(
+        vocab_size=250002,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=8194,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+    )
+    config.num_labels = 1  # one logit: a cross-encoder reranker
+    return config
 
 
 def build_test_model(
@@ -475,8 +502,11 @@ class _TrainingData:
         self.pools: dict[tuple[str, str], list[str]] = {}
         function_words: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         for topic, language in keys:
-            units = [u for text in self.queries[topic, language] + self.passages[topic, language]
-                     for u in _units(tokenizer, language, text)]  # fmt: skip
+            units = [
+                u
+                for text in self.queries[topic, language] + self.passages[topic, language]
+                for u in _units(tokenizer, language, text)
+            ]
             self.pools[topic, language] = 2 * list(lexicon()[topic, language]) + units
             function_words[language].update(set(units))
         # Words found in three topics or more: the glue that makes synthetic text look like text.

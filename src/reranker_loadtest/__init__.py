@@ -1,1 +1,1 @@
-"""Locust load tests, SLO gate and benchmarks."""
+"""Locust load tests and the SLO gate (benchmarks live in ``reranker_bench``)."""

@@ -1,7 +1,8 @@
 """``reranker-loadtest``: Locust headless against a Triton reranker, with an SLO verdict.
 
-Exit codes: 0 the run met the SLO; 1 it violated it; 2 bad arguments or the target is
-unreachable; any other value is Locust's own failure (its output says why).
+Exit codes (the project's convention, ``reranker_common``): 0 the run met the SLO; 1 it did not,
+or it could not be made (target unreachable, Locust failed; the last line says which); 2 bad
+arguments; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 from .errors import LoadtestError
 from .runner import (
@@ -126,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         settings = settings_from_args(args, extra)
+    except LoadtestError as exc:  # settings that cannot hold together: a usage error
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         print(
             f"{PROG}: {settings.users} users against {settings.target} ({settings.model}) for "
             f"{settings.run_time_s:g} s, {settings.workload.candidates} candidates per request; "
@@ -135,20 +142,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_loadtest(settings)
     except LoadtestError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if result.verdict is None:
         print(
             f"{PROG}: error: Locust exited with code {result.exit_code} before judging the run (see its output above)",
             file=sys.stderr,
         )
-        return result.exit_code or 2
+        return EXIT_FAILURE
     print()
     print(format_verdict(result.verdict))
     print(f"reports: {settings.csv_prefix}_*.csv, {settings.html_path}, {settings.verdict_path}")
-    return result.exit_code
+    return EXIT_OK if result.exit_code == 0 else EXIT_FAILURE
 
 
 if __name__ == "__main__":

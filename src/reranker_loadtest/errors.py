@@ -17,7 +17,3 @@ class SloError(LoadtestError, ValueError):
 
 class TargetUnavailableError(LoadtestError):
     """The server under test cannot be reached or its model is not ready."""
-
-
-class BenchmarkError(LoadtestError):
-    """The benchmark could not be set up or its two systems disagree."""

@@ -142,9 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             returncode = server.wait()
             error = server.last_error()
             detail = f": {error}" if error else ""
-            return _fail(
-                f"tritonserver exited with code {returncode}{detail} (server log: {server.log_path})"
-            )
+            return _fail(f"tritonserver exited with code {returncode}{detail} (server log: {server.log_path})")
         except (KeyboardInterrupt, _Terminated):
             print(f"{PROG}: stopping tritonserver ...", flush=True)
             return 0

@@ -1,6 +1,8 @@
 """The README's main job: export a model, serve it with a local Triton, rerank a sample, print the ranking.
 
-    python -m reranker_serve.demo [--model BAAI/bge-reranker-v2-m3 | --model test | --model DIR]
+    reranker-demo [--model BAAI/bge-reranker-v2-m3 | --model test | --model DIR]
+
+It needs the export and client packages beside the server: ``pip install "triton-reranker[demo]"``.
 
 ``--model test`` builds the project's tiny trained test model offline, for machines without
 access to the Hugging Face hub.
@@ -9,11 +11,12 @@ access to the Hugging Face hub.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, Progress, progress_printer
 from reranker_export.errors import ExportError, ModelLoadError
 from reranker_export.manifest import MANIFEST_FILENAME, read_manifest
 from reranker_export.pipeline import ExportSettings, export_model
@@ -21,6 +24,23 @@ from reranker_export.settings import DEFAULT_MODEL_ID, Profile, ServingSettings
 
 from .errors import ServeError
 from .server import TritonServer
+
+# What the demo imports beyond the server ([serve]): the export's and the client's libraries.
+DEMO_MODULES = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "tritonclient.grpc")
+
+
+def missing_modules() -> list[str]:
+    """The modules the demo needs that this environment lacks (``[demo]`` brings them all)."""
+    missing = []
+    for name in DEMO_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # the parent package of a dotted name is absent
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
 
 PROG = "reranker-demo"
 TEST_MODEL = "test"
@@ -35,14 +55,11 @@ SAMPLE_DOCUMENTS = (
 )
 
 
-def _say(started: float, message: str) -> None:
-    print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def run_demo(model: str, workdir: Path, *, rebuild: bool = False) -> int:
+def run_demo(model: str, workdir: Path, *, rebuild: bool = False, progress: Progress | None = None) -> None:
+    """Export ``model`` (or build the test model) into ``workdir``, serve it, rerank, print the ranking."""
     from reranker_client import RerankerClient
 
-    started = time.perf_counter()
+    say = progress or progress_printer()
     workdir.mkdir(parents=True, exist_ok=True)
     query, documents = SAMPLE_QUERY, list(SAMPLE_DOCUMENTS)
     if model == TEST_MODEL:
@@ -54,30 +71,29 @@ def run_demo(model: str, workdir: Path, *, rebuild: bool = False) -> int:
 
         model_dir = workdir / "test-model"
         if rebuild or not (model_dir / "config.json").is_file():
-            _say(started, "building the tiny test model (offline)")
-            build_test_model(model_dir, kind=TestModelKind.XLM_ROBERTA, progress=lambda m: _say(started, m))
+            say("building the tiny test model (offline)")
+            build_test_model(model_dir, kind=TestModelKind.XLM_ROBERTA, progress=say)
         model = str(model_dir)
 
     repository = workdir / "model_repository"
     reuse = (repository / MANIFEST_FILENAME).is_file() and read_manifest(repository)["model"]["id"] == model
     if reuse and not rebuild:
-        _say(started, f"reusing the exported repository {repository} (--rebuild to export again)")
+        say(f"reusing the exported repository {repository} (--rebuild to export again)")
     else:
         export_model(
             ExportSettings(model=model, output=repository, serving=ServingSettings(profile=Profile.CPU), force=True),
-            progress=lambda m: _say(started, m),
+            progress=say,
         )
 
-    _say(started, "starting Triton")
+    say("starting Triton")
     with TritonServer(repository, log_file=workdir / "tritonserver.log") as server:
-        _say(started, f"Triton ready at {server.grpc_url} (log: {server.log_path})")
+        say(f"Triton ready at {server.grpc_url} (log: {server.log_path})")
         with RerankerClient(server.grpc_url) as client:
             results = client.rerank(query, documents, normalize=True, return_documents=True)
     print(f"\nquery: {query}\n")
     print(f"{'rank':>4}  {'score':>7}  document")
     for rank, result in enumerate(results, start=1):
         print(f"{rank:>4}  {result.score:7.4f}  {result.document}")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,16 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rebuild", action="store_true", help="export again even if the repository exists")
     args = parser.parse_args(argv)
+    missing = missing_modules()
+    if missing:
+        print(
+            f"{PROG}: error: the demo also exports and calls the model, and {', '.join(missing)} "
+            'cannot be imported here: pip install "triton-reranker[demo]"',
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     try:
-        return run_demo(args.model, args.workdir, rebuild=args.rebuild)
+        run_demo(args.model, args.workdir, rebuild=args.rebuild)
     except (ExportError, ServeError) as exc:
         hint = ""
         if isinstance(exc, ModelLoadError) and args.model != TEST_MODEL:
             hint = f" (offline demo: --model {TEST_MODEL}, i.e. MODEL={TEST_MODEL} scripts/quickstart.sh)"
         print(f"{PROG}: error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     except KeyboardInterrupt:
-        return 130
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ The wheel ships the server binary, the python backend and one backend stub per P
 version, but not in the layout ``tritonserver`` expects, so each server gets a private
 ``backends/python/`` folder holding the backend and the stub of the running interpreter.
 Nothing from pytriton's own (heavy) runtime is imported: the package is only located.
+
+One module for one job, the server process's life (locate, lay out, start, wait until ready,
+watch, stop, clean up): its ~550 lines are that lifecycle's failure handling (ports in use,
+fatal log lines, parent death, stuck shutdowns), which reads best in one place.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from reranker_common import free_port
 
 from .errors import (
     ModelRepositoryError,
@@ -124,13 +129,6 @@ def find_triton() -> TritonInstall:
         if not path.exists():
             raise TritonNotFoundError(f"incomplete nvidia-pytriton install, missing {path}: {INSTALL_HINT}")
     return install
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_message(message: str) -> str:
@@ -484,9 +482,7 @@ class TritonServer:
             *self.extra_args,
         )
         env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")])
-        )
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH")]))
         # The stub embeds Python and takes its sys.path from the `python3` first on PATH
         # (PYTHONPATH is ignored), so this interpreter's bin dir (a venv's, unresolved) goes first.
         interpreter_bin = str(Path(sys.executable).parent)

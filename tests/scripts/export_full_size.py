@@ -13,29 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+from transformers import XLMRobertaForSequenceClassification
 
 from reranker_export.onnx_export import export_onnx, external_data_name
+from reranker_export.testmodels import bge_reranker_v2_m3_config
 from reranker_export.validation import check_parity, onnx_logits, torch_logits
-
-# BAAI/bge-reranker-v2-m3's config.json
-BGE_RERANKER_V2_M3 = XLMRobertaConfig(
-    vocab_size=250002,
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    intermediate_size=4096,
-    max_position_embeddings=8194,
-    type_vocab_size=1,
-    layer_norm_eps=1e-5,
-    num_labels=1,
-)
 
 
 def main(output: Path) -> None:
     started = time.perf_counter()
     torch.manual_seed(0)
-    model = XLMRobertaForSequenceClassification(BGE_RERANKER_V2_M3).eval()
+    model = XLMRobertaForSequenceClassification(bge_reranker_v2_m3_config()).eval()
     params = sum(p.numel() for p in model.parameters())
     path = export_onnx(model, output / "model.onnx")
     export_s = time.perf_counter() - started

@@ -1,36 +1,27 @@
-"""Benchmark of the client's own cost, and of many requests in flight from one event loop.
+"""``reranker-bench client``: the client's own cost per call, and many requests in flight from one event loop.
 
-    python -m reranker_client.bench                       # client-side cost only, no server needed
-    python -m reranker_client.bench --url 127.0.0.1:8001  # plus 64 requests in flight on a live server
+Client-side cost is what the client does around the network for one ``rerank`` call, timed on
+the client's own functions: type checks, UTF-8 encoding and the BYTES tensors (``build_request``),
+then parsing a real serialized ``ModelInferResponse``, decoding ``scores``, sigmoid and top-n
+(``decode_and_rank``).
 
-Client-side cost is everything the client does around the network for one ``rerank`` call:
-type checks, UTF-8 encoding and the BYTES tensors, the ``ModelInferRequest`` proto and its wire
-bytes (what gRPC sends), then parsing a real serialized ``ModelInferResponse``, decoding ``scores``,
-sigmoid and top-n. It runs the client's own functions on tritonclient's request builder.
+Not measured: assembling the ``ModelInferRequest`` proto and serializing it to wire bytes.
+tritonclient does that inside ``infer`` with no public entry point for it (this benchmark,
+before it moved here from the client package, called tritonclient's private
+``_get_inference_request``), so ``build_request`` now stops at the ``InferInput`` tensors; the
+in-flight run (``--url``) measures the whole call, that step included, as client process CPU
+per request.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import platform
 import statistics
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.grpc import service_pb2
-from tritonclient.grpc._utils import _get_inference_request
-
-from . import _core
-from .async_client import AsyncRerankerClient
-from .config import ENSEMBLE_NAME, SCORES
-from .errors import RerankerError
-from .ranking import top_n_indices
 
 TARGET_US = 300.0  # issue 4: <= 0.3 ms client-side cost for 50 documents
 
@@ -44,7 +35,7 @@ class Timing:
     """Median wall-clock time per call (includes time the OS ran other work)."""
 
 
-def _time(fn: Callable[[], object], *, repeats: int, number: int) -> Timing:
+def time_calls(fn: Callable[[], object], *, repeats: int, number: int) -> Timing:
     """Medians over ``repeats`` batches of ``number`` calls, per call, in microseconds."""
     fn()  # warm caches and lazy imports
     cpu, wall = [], []
@@ -71,8 +62,15 @@ def corpus(documents: int, chars: int, seed: int = 0) -> tuple[str, list[str]]:
 
 
 def client_side_cost(documents: int, chars: int, top_n: int, *, repeats: int, number: int) -> dict[str, Timing]:
+    """Per-call CPU and wall time of each client-side step (see the module docstring), and of top-n selection."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import service_pb2
+
+    from reranker_client import _core
+    from reranker_client.config import ENSEMBLE_NAME, SCORES
+    from reranker_client.ranking import top_n_indices
+
     query, texts = corpus(documents, chars)
-    outputs = [grpcclient.InferRequestedOutput(SCORES)]
     response = service_pb2.ModelInferResponse(model_name=ENSEMBLE_NAME, model_version="1")
     tensor = response.outputs.add(name=SCORES, datatype="FP32")
     tensor.shape.extend([documents])
@@ -80,24 +78,10 @@ def client_side_cost(documents: int, chars: int, top_n: int, *, repeats: int, nu
     response.raw_output_contents.append(logits.tobytes())
     wire = response.SerializeToString()
 
-    def build_request() -> bytes:
+    def build_request() -> object:
         checked = _core.prepare(query, texts)
         encoded_query, encoded = _core.encode(query, checked)
-        inputs = _core.build_inputs(encoded_query, encoded)
-        request = _get_inference_request(
-            model_name=ENSEMBLE_NAME,
-            inputs=inputs,
-            model_version="",
-            request_id="",
-            outputs=outputs,
-            sequence_id=0,
-            sequence_start=False,
-            sequence_end=False,
-            priority=0,
-            timeout=None,
-            parameters=None,
-        )
-        return bytes(request.SerializeToString())
+        return _core.build_inputs(encoded_query, encoded)
 
     def decode_and_rank() -> object:
         result = grpcclient.InferResult(service_pb2.ModelInferResponse.FromString(wire))
@@ -124,7 +108,7 @@ def client_side_cost(documents: int, chars: int, top_n: int, *, repeats: int, nu
 
     steps: tuple[Callable[[], object], ...] = (build_request, decode_and_rank, total)
     steps += (top_n_partial, full_sort, top_n_partial_1000, full_sort_1000)
-    return {fn.__name__: _time(fn, repeats=repeats, number=number) for fn in steps}
+    return {fn.__name__: time_calls(fn, repeats=repeats, number=number) for fn in steps}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +129,8 @@ class InFlight:
 
 async def in_flight(url: str, *, concurrency: int, requests: int, documents: int, chars: int) -> InFlight:
     """``requests`` rerank calls with ``concurrency`` in flight at once, all from this event loop."""
+    from reranker_client import AsyncRerankerClient
+
     query, texts = corpus(documents, chars)
     latencies: list[float] = []
     active = 0
@@ -183,72 +169,20 @@ async def in_flight(url: str, *, concurrency: int, requests: int, documents: int
     )
 
 
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reranker_client.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--documents", type=int, default=50)
-    parser.add_argument("--chars", type=int, default=1000, help="characters per document")
-    parser.add_argument("--top-n", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--number", type=int, default=200, help="calls per timed batch")
-    parser.add_argument("--url", help="live server: also measure requests in flight from one event loop")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--requests", type=int, default=640, help="requests for the in-flight run")
-    args = parser.parse_args(argv)
-
-    print(f"hardware: {hardware()}", flush=True)
-    print(f"client-side cost, {args.documents} documents x {args.chars} chars, top-{args.top_n}:", flush=True)
-    timings = client_side_cost(args.documents, args.chars, args.top_n, repeats=args.repeats, number=args.number)
-    print("| step | CPU µs/call | wall µs/call |\n|---|---|---|")
-    for timing in timings.values():
-        print(f"| {timing.name} | {timing.cpu_us:.1f} | {timing.wall_us:.1f} |")
-    total = timings["total"].cpu_us
-    print(f"total CPU / target ({TARGET_US:.0f} µs): {total / TARGET_US:.2f}")
-    for suffix, size in (("", args.documents), ("_1000", 1000)):
-        ratio = timings[f"top_n_partial{suffix}"].cpu_us / timings[f"full_sort{suffix}"].cpu_us
-        print(f"top-{args.top_n} of {size}: partial selection / full sort: {ratio:.2f}", flush=True)
-    if args.url is None:
-        return 0 if total <= TARGET_US else 1
-    try:
-        runs = [
-            asyncio.run(
-                in_flight(
-                    args.url,
-                    concurrency=concurrency,
-                    requests=args.requests if concurrency > 1 else max(args.requests // 8, 8),
-                    documents=args.documents,
-                    chars=args.chars,
-                )
+def in_flight_runs(
+    url: str, *, concurrency: int, requests: int, documents: int, chars: int
+) -> tuple[InFlight, InFlight]:
+    """One request in flight (an eighth of the requests, at least 8), then ``concurrency`` in flight."""
+    one, many = (
+        asyncio.run(
+            in_flight(
+                url,
+                concurrency=level,
+                requests=requests if level > 1 else max(requests // 8, 8),
+                documents=documents,
+                chars=chars,
             )
-            for concurrency in (1, args.concurrency)
-        ]
-    except RerankerError as exc:
-        print(f"bench: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(
-        "| in flight | requests | peak in flight | req/s | p50 ms | p95 ms | client CPU ms/req |\n"
-        "|---|---|---|---|---|---|---|"
-    )
-    for run in runs:
-        print(
-            f"| {run.concurrency} | {run.requests} | {run.max_in_flight} | {run.per_second:.1f} "
-            f"| {run.p50_ms:.1f} | {run.p95_ms:.1f} | {run.client_cpu_ms:.2f} |"
         )
-    print(f"throughput ratio {args.concurrency} / 1 in flight: {runs[1].per_second / runs[0].per_second:.2f}")
-    return 0 if total <= TARGET_US and runs[1].max_in_flight == args.concurrency else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        for level in (1, concurrency)
+    )
+    return one, many

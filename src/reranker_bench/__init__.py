@@ -1,0 +1,1 @@
+"""Benchmarks of this deployment and the reference stack they compare against (tooling, not product)."""
