@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from support import WINDOW_MERGE_DELAY_US, WINDOW_STRIDE, export_cpu_repository
+from support import WINDOW_MERGE_DELAY_US, WINDOW_STRIDE, export_cpu_repository, rerender_cpu_repository
 
 # Under CI=true a skip fails the run, except for a missing GPU or TensorRT (ci_skips.py).
 pytest_plugins = ["ci_skips"]
@@ -70,12 +70,12 @@ def bert_repository(bert_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="session")
-def window_repository(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def window_repository(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """XLM-R in window mode; its model step waits long enough for concurrent requests to merge."""
     from reranker_export.settings import Overflow
 
-    return export_cpu_repository(
-        xlmr_model_dir,
+    return rerender_cpu_repository(
+        cpu_repository,
         tmp_path_factory.mktemp("repos") / "window",
         overflow=Overflow.WINDOW,
         window_stride=WINDOW_STRIDE,

@@ -50,6 +50,20 @@ def serving_settings(profile: Profile = Profile.CPU, **overrides: Any) -> Servin
     return ServingSettings(profile=profile, tokenizer=tokenizer, **overrides)
 
 
+def rerender_cpu_repository(exported: Path, output: Path, **overrides: Any) -> Path:
+    """A ``cpu`` repository with other serving settings around an XLM-R export's files.
+
+    Only the configs differ from ``exported``; the export and its validation are not repeated.
+    """
+    from reranker_export.repository import ModelFiles, ModelSignature, render_repository
+
+    files = ModelFiles(
+        onnx_path=exported / "reranker_model" / "1" / "model.onnx",
+        tokenizer_json=exported / "reranker_tokenizer" / "1" / "tokenizer.json",
+    )
+    return render_repository(output, serving_settings(**overrides), signature=ModelSignature(), files=files)
+
+
 def export_cpu_repository(model_dir: Path, output: Path, **overrides: Any) -> Path:
     """Export ``model_dir`` into a ``cpu``-profile repository at ``output`` (FP32, validated)."""
     from reranker_export.pipeline import ExportSettings, export_model

@@ -294,12 +294,12 @@ def direct_scores(url: str, query: str, documents: list[str]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def limit16_server(xlmr_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def limit16_server(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Same model, but the server accepts at most 16 documents per request."""
     from reranker_serve import TritonServer
-    from support import export_cpu_repository
+    from support import rerender_cpu_repository
 
-    repository = export_cpu_repository(xlmr_model_dir, tmp_path_factory.mktemp("repos") / "limit16", max_documents=16)
+    repository = rerender_cpu_repository(cpu_repository, tmp_path_factory.mktemp("repos") / "limit16", max_documents=16)
     with TritonServer(repository, log_file=tmp_path_factory.mktemp("logs") / "limit16.log") as server:
         yield server
 

@@ -254,9 +254,10 @@ def test_cli_missing_directory_fails_with_one_line(tmp_path: Path) -> None:
 def test_cli_unreachable_hub_fails_fast_with_one_line(
     hub: str, unreachable_hub: dict[str, str], tmp_path: Path
 ) -> None:
-    # The subprocess timeout is the hang guard: the loader's own bound is HUB_TIMEOUT_S (10 s).
+    # The subprocess timeout is the hang guard; the loader's own bound is --hub-timeout.
     env = _cli_env(tmp_path, unreachable_hub[hub])
-    proc = _run_cli("--model", "BAAI/bge-reranker-v2-m3", "--output", str(tmp_path / "repo"), timeout=45, env=env)
+    args = ("--model", "BAAI/bge-reranker-v2-m3", "--hub-timeout", "2", "--output", str(tmp_path / "repo"))
+    proc = _run_cli(*args, timeout=45, env=env)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("reranker-export: error: ModelLoadError: cannot reach the Hugging Face hub")

@@ -15,6 +15,7 @@ from pathlib import Path
 from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, int_list, progress_printer
 
 from .errors import ExportError
+from .loading import HUB_TIMEOUT_S
 from .settings import DEFAULT_MODEL_ID, Overflow, Precision, Profile, ServingSettings, TokenizerSettings
 
 PROG = "reranker-export"
@@ -129,6 +130,13 @@ def _export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="hub id or local directory (default: %(default)s)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    parser.add_argument(
+        "--hub-timeout",
+        type=float,
+        default=HUB_TIMEOUT_S,
+        metavar="S",
+        help="seconds each Hugging Face hub call may take before the export fails (default: %(default)s)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="model repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output repository")
     parser.add_argument(
@@ -197,6 +205,7 @@ def _run(argv: list[str]) -> int:
         ExportSettings(
             model=args.model,
             revision=args.revision,
+            hub_timeout_s=args.hub_timeout,
             output=args.output,
             serving=serving,
             fp32_tolerance=args.fp32_tolerance,

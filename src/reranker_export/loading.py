@@ -51,7 +51,7 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
 
 
-def _resolve_hub(model_id: str, revision: str | None) -> tuple[Path, str]:
+def _resolve_hub(model_id: str, revision: str | None, timeout_s: float) -> tuple[Path, str]:
     """Check the hub id with one bounded call, then download the snapshot."""
     try:
         from huggingface_hub import HfApi, snapshot_download
@@ -63,7 +63,7 @@ def _resolve_hub(model_id: str, revision: str | None) -> tuple[Path, str]:
     except ImportError as exc:  # pragma: no cover - transformers always brings it
         raise ModelLoadError('huggingface_hub is missing: pip install "triton-reranker[export]"') from exc
     try:
-        info = HfApi().model_info(model_id, revision=revision, timeout=HUB_TIMEOUT_S)
+        info = HfApi().model_info(model_id, revision=revision, timeout=timeout_s)
     except GatedRepoError as exc:
         raise ModelLoadError(
             f"{model_id} is gated: accept its terms on the hub and set HF_TOKEN, or pass a local directory"
@@ -86,7 +86,7 @@ def _resolve_hub(model_id: str, revision: str | None) -> tuple[Path, str]:
             model_id,
             revision=commit,
             allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"],
-            etag_timeout=HUB_TIMEOUT_S,
+            etag_timeout=timeout_s,
         )
     except Exception as exc:  # the hub client raises many types; all mean "download failed"
         raise ModelLoadError(f"downloading {model_id}@{commit} failed: {exc}") from exc
@@ -107,8 +107,13 @@ def load_cross_encoder(
     *,
     revision: str | None = None,
     progress: Callable[[str], None] | None = None,
+    hub_timeout_s: float = HUB_TIMEOUT_S,
 ) -> LoadedModel:
-    """Load ``model`` (hub id or local directory) as a one-logit cross-encoder with a fast tokenizer."""
+    """Load ``model`` (hub id or local directory) as a one-logit cross-encoder with a fast tokenizer.
+
+    A hub id costs one metadata call bounded by ``hub_timeout_s`` before any download, so an
+    unreachable hub fails in seconds with :class:`ModelLoadError` instead of hanging.
+    """
     say = progress or (lambda _msg: None)
     revision_used: str | None = None
     if _looks_like_path(model):
@@ -130,7 +135,7 @@ def load_cross_encoder(
             )
         else:
             say(f"resolving {model} on the Hugging Face hub")
-            local_dir, revision_used = _resolve_hub(model, revision)
+            local_dir, revision_used = _resolve_hub(model, revision, hub_timeout_s)
 
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 

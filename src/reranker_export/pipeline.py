@@ -12,7 +12,7 @@ from typing import Any
 
 from . import fp16, onnx_export, validation
 from .errors import RepositoryError
-from .loading import load_cross_encoder
+from .loading import HUB_TIMEOUT_S, load_cross_encoder
 from .manifest import MANIFEST_FILENAME, settings_dict, write_manifest
 from .repository import ModelFiles, ModelSignature, render_repository
 from .settings import DEFAULT_MODEL_ID, Precision, Profile, ServingSettings
@@ -32,6 +32,8 @@ class ExportSettings:
     fp16_tolerance: float = validation.FP16_TOLERANCE
     force: bool = False
     """Replace the contents of a non-empty output directory."""
+    hub_timeout_s: float = HUB_TIMEOUT_S
+    """Bound on each call to the Hugging Face hub (a hub id only): past it the export fails."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,9 @@ def export_model(settings: ExportSettings, *, progress: Progress | None = None) 
     replace = _check_output(settings.output, settings.force)
     settings.output.parent.mkdir(parents=True, exist_ok=True)
 
-    loaded = load_cross_encoder(settings.model, revision=settings.revision, progress=say)
+    loaded = load_cross_encoder(
+        settings.model, revision=settings.revision, progress=say, hub_timeout_s=settings.hub_timeout_s
+    )
     tok = serving.tokenizer
     if tok.max_length > loaded.max_positions:
         raise RepositoryError(
