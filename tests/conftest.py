@@ -7,6 +7,7 @@ export per (model kind, profile, overflow mode) the suite needs, and one server 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,23 +87,46 @@ def window_repository(cpu_repository: Path, tmp_path_factory: pytest.TempPathFac
 # -- servers, one per repository ----------------------------------------------------------------
 
 
-def _serve(repository: Path, name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from reranker_serve import TritonServer
+class ServerPool:
+    """The session's servers, started on first use and stopped together at the end.
 
-    with TritonServer(repository, log_file=tmp_path_factory.mktemp("logs") / f"triton-{name}.log") as server:
-        yield server
+    Triton takes a few seconds to shut down gracefully; stopping the servers side by side
+    instead of one after another saves that wait for all but one.
+    """
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.servers: dict[str, Any] = {}
+
+    def get(self, name: str, repository: Path) -> Any:
+        from reranker_serve import TritonServer
+
+        if name not in self.servers:
+            self.servers[name] = TritonServer(repository, log_file=self.logs / f"triton-{name}.log").start()
+        return self.servers[name]
+
+    def stop_all(self) -> None:
+        with ThreadPoolExecutor(max(len(self.servers), 1)) as pool:
+            list(pool.map(lambda server: server.stop(), self.servers.values()))
 
 
 @pytest.fixture(scope="session")
-def triton_server(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _serve(cpu_repository, "session", tmp_path_factory)
+def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    pool = ServerPool(tmp_path_factory.mktemp("logs"))
+    yield pool
+    pool.stop_all()
 
 
 @pytest.fixture(scope="session")
-def bert_server(bert_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _serve(bert_repository, "bert", tmp_path_factory)
+def triton_server(cpu_repository: Path, server_pool: ServerPool) -> Any:
+    return server_pool.get("session", cpu_repository)
 
 
 @pytest.fixture(scope="session")
-def window_server(window_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _serve(window_repository, "window", tmp_path_factory)
+def bert_server(bert_repository: Path, server_pool: ServerPool) -> Any:
+    return server_pool.get("bert", bert_repository)
+
+
+@pytest.fixture(scope="session")
+def window_server(window_repository: Path, server_pool: ServerPool) -> Any:
+    return server_pool.get("window", window_repository)
