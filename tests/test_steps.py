@@ -278,3 +278,13 @@ def test_window_max_per_document() -> None:
 def test_window_index_must_cover_every_document(index: list[int], rows: int, phrase: str) -> None:
     with pytest.raises(BadRequest, match=phrase):
         check_document_index(np.array(index, dtype=np.int32), rows)
+
+
+def test_step_tensor_names_are_the_contract() -> None:
+    # The steps cannot import reranker_client inside Triton; their copies must not drift.
+    from reranker_client import config
+    from reranker_steps import onnx_scoring, pairs
+
+    assert pairs.DOCUMENT_INDEX == config.DOCUMENT_INDEX
+    assert pairs.KNOWN_MODEL_INPUTS == (config.INPUT_IDS, config.ATTENTION_MASK, config.TOKEN_TYPE_IDS)
+    assert onnx_scoring.OUTPUT_NAME == config.LOGITS

@@ -9,14 +9,22 @@ from typing import Any
 
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
-# The contract of the ensemble (DESIGN.md). Kept here rather than imported from
-# reranker_export.settings so the client installs without the export side; a test
-# keeps both equal.
+# The contract of the ensemble and the names along it (docs/design.md): the one place every
+# package imports them from, since the client installs without the export side. (The python
+# steps rendered into Triton cannot import this package; tests/test_steps.py keeps theirs equal.)
 ENSEMBLE_NAME = "reranker"
 TOKENIZER_MODEL_NAME = "reranker_tokenizer"
+CORE_MODEL_NAME = "reranker_model"
+SCORES_MODEL_NAME = "reranker_scores"  # window mode only: max over windows
 QUERY = "query"
 DOCUMENTS = "documents"
 SCORES = "scores"
+# Tensors between the steps.
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_TYPE_IDS = "token_type_ids"  # only for models whose tokenizer emits it (BERT)
+DOCUMENT_INDEX = "document_index"  # window mode: which document each row belongs to
+LOGITS = "logits"
 MAX_DOCUMENTS_PARAMETER = "max_documents"
 
 ChannelArgs = list[tuple[str, Any]]

@@ -9,6 +9,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+# The contract names along the ensemble, re-exported: their one home is reranker_client.config.
+from reranker_client.config import (
+    ATTENTION_MASK as ATTENTION_MASK,
+)
+from reranker_client.config import (
+    CORE_MODEL_NAME as CORE_MODEL_NAME,
+)
+from reranker_client.config import (
+    DOCUMENT_INDEX as DOCUMENT_INDEX,
+)
+from reranker_client.config import (
+    DOCUMENTS as DOCUMENTS,
+)
+from reranker_client.config import (
+    ENSEMBLE_NAME as ENSEMBLE_NAME,
+)
+from reranker_client.config import (
+    INPUT_IDS as INPUT_IDS,
+)
+from reranker_client.config import (
+    LOGITS as LOGITS,
+)
+from reranker_client.config import (
+    QUERY as QUERY,
+)
+from reranker_client.config import (
+    SCORES as SCORES,
+)
+from reranker_client.config import (
+    SCORES_MODEL_NAME as SCORES_MODEL_NAME,
+)
+from reranker_client.config import (
+    TOKEN_TYPE_IDS as TOKEN_TYPE_IDS,
+)
+from reranker_client.config import (
+    TOKENIZER_MODEL_NAME as TOKENIZER_MODEL_NAME,
+)
+
 DEFAULT_MODEL_ID = "BAAI/bge-reranker-v2-m3"
 
 
@@ -30,23 +68,6 @@ class Overflow(str, Enum):
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
-
-
-# Names of the tensors along the ensemble. They are the contract between the
-# tokenizer step, the model step and the aggregation step; every profile uses them.
-QUERY = "query"
-DOCUMENTS = "documents"
-SCORES = "scores"
-INPUT_IDS = "input_ids"
-ATTENTION_MASK = "attention_mask"
-TOKEN_TYPE_IDS = "token_type_ids"  # only for models whose tokenizer emits it (BERT)
-DOCUMENT_INDEX = "document_index"  # window mode: which document each row belongs to
-LOGITS = "logits"
-
-ENSEMBLE_NAME = "reranker"
-TOKENIZER_MODEL_NAME = "reranker_tokenizer"
-CORE_MODEL_NAME = "reranker_model"
-SCORES_MODEL_NAME = "reranker_scores"  # window mode only: max over windows
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,10 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from reranker_client.config import ENSEMBLE_NAME
 from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 from .errors import LoadtestError
 from .runner import (
+    DEFAULT_REQUEST_POOL,
+    DEFAULT_REQUEST_TIMEOUT_S,
     DEFAULT_RUN_TIME_S,
     DEFAULT_TARGET,
     DEFAULT_USERS,
@@ -25,7 +28,14 @@ from .runner import (
     split_passthrough,
 )
 from .slo import DEFAULT_MAX_FAILURE_RATIO, DEFAULT_P95_MS, SloSettings, format_verdict
-from .workload import DEFAULT_CANDIDATES, DEFAULT_SEED, LengthDistribution, WorkloadSettings
+from .workload import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_DOCUMENT_WORDS,
+    DEFAULT_QUERY_WORDS,
+    DEFAULT_SEED,
+    LengthDistribution,
+    WorkloadSettings,
+)
 
 PROG = "reranker-loadtest"
 
@@ -43,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target = parser.add_argument_group("target")
     target.add_argument("--target", default=DEFAULT_TARGET, help="Triton gRPC address host:port")
-    target.add_argument("--model", default="reranker", help="model to call (the ensemble)")
-    target.add_argument("--request-timeout-s", type=float, default=30.0, help="deadline of one call")
+    target.add_argument("--model", default=ENSEMBLE_NAME, help="model to call (the ensemble)")
+    target.add_argument(
+        "--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, help="deadline of one call"
+    )
     target.add_argument(
         "--no-check-target",
         action="store_true",
@@ -69,13 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     workload.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="passages per request")
     workload.add_argument(
         "--query-words",
-        default="uniform:8-32",
+        default=DEFAULT_QUERY_WORDS,
         help="query length in words: KIND:LOW-HIGH (uniform or normal)",
     )
-    workload.add_argument("--document-words", default="normal:100-300", help="passage length in words: KIND:LOW-HIGH")
+    workload.add_argument(
+        "--document-words", default=DEFAULT_DOCUMENT_WORDS, help="passage length in words: KIND:LOW-HIGH"
+    )
     workload.add_argument("--languages", default="", help="comma-separated languages (default: all bundled word lists)")
     workload.add_argument("--seed", type=int, default=DEFAULT_SEED, help="workload seed")
-    workload.add_argument("--request-pool", type=int, default=64, help="distinct requests generated per Locust process")
+    workload.add_argument(
+        "--request-pool", type=int, default=DEFAULT_REQUEST_POOL, help="distinct requests generated per Locust process"
+    )
     slo = parser.add_argument_group("SLO gate")
     slo.add_argument("--slo-p95-ms", type=float, default=DEFAULT_P95_MS, help="p95 latency bound in ms")
     slo.add_argument(

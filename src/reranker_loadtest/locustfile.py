@@ -33,10 +33,21 @@ from locust.runners import WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
 from reranker_client import RerankerClient, RerankerError, RetryPolicy  # noqa: E402
+from reranker_client.config import ENSEMBLE_NAME  # noqa: E402
 from reranker_loadtest.errors import LoadtestError  # noqa: E402
-from reranker_loadtest.slo import RunSummary, SloSettings, evaluate, format_verdict  # noqa: E402
+from reranker_loadtest.runner import DEFAULT_REQUEST_POOL, DEFAULT_REQUEST_TIMEOUT_S  # noqa: E402
+from reranker_loadtest.slo import (  # noqa: E402
+    DEFAULT_MAX_FAILURE_RATIO,
+    DEFAULT_P95_MS,
+    RunSummary,
+    SloSettings,
+    evaluate,
+    format_verdict,
+)
 from reranker_loadtest.workload import (  # noqa: E402
     DEFAULT_CANDIDATES,
+    DEFAULT_DOCUMENT_WORDS,
+    DEFAULT_QUERY_WORDS,
     DEFAULT_SEED,
     LengthDistribution,
     RerankRequest,
@@ -63,15 +74,17 @@ class GrpcRequestFailed(Exception):
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
     group = parser.add_argument_group("reranker", "Workload, target model and SLO gate of the reranker test")
-    group.add_argument("--model-name", default="reranker", help="Triton model (the ensemble) to call")
-    group.add_argument("--request-timeout-s", type=float, default=30.0, help="Deadline of one call, in seconds")
+    group.add_argument("--model", default=ENSEMBLE_NAME, help="Triton model (the ensemble) to call")
+    group.add_argument(
+        "--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, help="Deadline of one call, in seconds"
+    )
     group.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="Passages per request (default 50)")
     group.add_argument(
         "--query-words",
-        default="uniform:8-32",
+        default=DEFAULT_QUERY_WORDS,
         help="Query length distribution in words: KIND:LOW-HIGH, KIND uniform or normal",
     )
-    group.add_argument("--document-words", default="normal:100-300", help="Passage length distribution in words")
+    group.add_argument("--document-words", default=DEFAULT_DOCUMENT_WORDS, help="Passage length distribution in words")
     group.add_argument(
         "--languages",
         default="",
@@ -81,11 +94,16 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument(
         "--request-pool",
         type=int,
-        default=64,
+        default=DEFAULT_REQUEST_POOL,
         help="Distinct requests generated per process before the run and sent in turn",
     )
-    group.add_argument("--slo-p95-ms", type=float, default=200.0, help="SLO: p95 latency bound in ms")
-    group.add_argument("--slo-max-failure-ratio", type=float, default=0.0, help="SLO: highest share of failed requests")
+    group.add_argument("--slo-p95-ms", type=float, default=DEFAULT_P95_MS, help="SLO: p95 latency bound in ms")
+    group.add_argument(
+        "--slo-max-failure-ratio",
+        type=float,
+        default=DEFAULT_MAX_FAILURE_RATIO,
+        help="SLO: highest share of failed requests",
+    )
     group.add_argument("--slo-report", default="", help="Write the SLO verdict as JSON to this file when the run ends")
 
 
@@ -169,7 +187,7 @@ class RerankerUser(User):
     def on_start(self) -> None:
         options = self.environment.parsed_options
         host = (self.host or "127.0.0.1:8001").removeprefix("grpc://")
-        self.client = _client(host, options.model_name, options.request_timeout_s)
+        self.client = _client(host, options.model, options.request_timeout_s)
 
     def wait_time(self) -> float:
         return 0.0
@@ -193,7 +211,7 @@ class RerankerUser(User):
             exception = GrpcRequestFailed(code, str(exc))
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE,
-            name=f"{self.environment.parsed_options.model_name}/score",
+            name=f"{self.environment.parsed_options.model}/score",
             response_time=(time.perf_counter() - start) * 1000.0,
             response_length=response_length,
             exception=exception,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from reranker_client.config import ENSEMBLE_NAME
+
 from .errors import LoadtestError, TargetUnavailableError
 from .slo import SloSettings, Verdict
 from .workload import WorkloadSettings
@@ -21,6 +23,8 @@ from .workload import WorkloadSettings
 DEFAULT_TARGET = "127.0.0.1:8001"
 DEFAULT_USERS = 16
 DEFAULT_RUN_TIME_S = 60.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+DEFAULT_REQUEST_POOL = 64
 VERDICT_FILE = "verdict.json"
 HTML_FILE = "report.html"
 CSV_PREFIX = "stats"
@@ -35,14 +39,14 @@ def locustfile_path() -> Path:
 class LoadtestSettings:
     target: str = DEFAULT_TARGET
     """gRPC address of Triton, ``host:port``."""
-    model: str = "reranker"
+    model: str = ENSEMBLE_NAME
     users: int = DEFAULT_USERS
     """Concurrent closed-loop callers."""
     spawn_rate: float | None = None
     """Users started per second; ``None`` starts them all in the first second."""
     run_time_s: float = DEFAULT_RUN_TIME_S
-    request_timeout_s: float = 30.0
-    request_pool: int = 64
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    request_pool: int = DEFAULT_REQUEST_POOL
     processes: int = 1
     """Locust processes here: above 1, a master and ``processes`` workers (``-1``: one per core)."""
     workload: WorkloadSettings = field(default_factory=WorkloadSettings)
@@ -115,7 +119,7 @@ def locust_command(settings: LoadtestSettings) -> list[str]:
         str(settings.csv_prefix),
         "--html",
         str(settings.html_path),
-        "--model-name",
+        "--model",
         settings.model,
         "--request-timeout-s",
         f"{settings.request_timeout_s:g}",

@@ -23,6 +23,8 @@ from .errors import WorkloadError
 
 DEFAULT_SEED = 20240917
 DEFAULT_CANDIDATES = 50
+DEFAULT_QUERY_WORDS = "uniform:8-32"
+DEFAULT_DOCUMENT_WORDS = "normal:100-300"
 
 # Scripts written without spaces between words; their sentences end with "。".
 _UNSPACED_LANGUAGES = frozenset({"zh", "ja"})
