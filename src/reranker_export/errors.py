@@ -6,6 +6,7 @@ ExportError
 ├── ValidationError           numeric validation failed (never downgraded to a warning)
 │   ├── ParityError           ONNX Runtime FP32 logits differ from PyTorch past the tolerance
 │   └── Fp16ToleranceError    the FP16 graph differs from FP32 past the configured tolerance
+├── TensorRTCompatibilityError  the graph has nodes TensorRT's ONNX parser would refuse (tensorrt profile)
 └── RepositoryError           the model repository cannot be rendered (bad settings, missing files)
 """
 
@@ -34,6 +35,10 @@ class ParityError(ValidationError):
 
 class Fp16ToleranceError(ValidationError):
     """The FP16 graph disagrees with FP32 by more than the configured tolerance."""
+
+
+class TensorRTCompatibilityError(ExportError):
+    """The graph for the ``tensorrt`` profile has nodes TensorRT's ONNX parser would refuse."""
 
 
 class RepositoryError(ExportError):

@@ -31,6 +31,8 @@ def convert_to_fp16(fp32_path: Path, fp16_path: Path) -> Path:
     import onnx
     from onnxconverter_common.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    from .tensorrt_compat import tensorrt_safe_nodes
+
     try:
         model = onnx.load(str(fp32_path), load_external_data=True)
         # Shape inference runs on the in-memory proto, which protobuf caps at 2 GiB.
@@ -39,6 +41,8 @@ def convert_to_fp16(fp32_path: Path, fp16_path: Path) -> Path:
             model,
             keep_io_types=True,
             op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS)),
+            # The Casts around an integer CumSum: FP16 would lose position ids past 2048.
+            node_block_list=list(tensorrt_safe_nodes(model)),
             disable_shape_infer=large,
         )
         del model

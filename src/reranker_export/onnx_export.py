@@ -64,7 +64,9 @@ def export_onnx(
     """Export ``model`` to ``output_path`` with dynamic batch and sequence axes.
 
     Graphs whose weights exceed 1 GiB are saved with external data in one sidecar file
-    (``<name>.data``) next to the graph, the layout Triton's ONNX Runtime backend loads.
+    (``<name>.data``) next to the graph, the layout Triton's ONNX Runtime backend loads. The graph
+    is then made TensorRT-safe (``tensorrt_compat.make_tensorrt_safe``), for every profile, so ONNX
+    Runtime and TensorRT run the same graph.
     """
     import torch
 
@@ -102,8 +104,20 @@ def export_onnx(
         raise OnnxExportError(f"exporting {type(model).__name__} to ONNX failed: {exc}") from exc
     finally:
         gc.collect()
+    _make_tensorrt_safe(output_path)
     _check_signature(output_path, input_names)
     return output_path
+
+
+def _make_tensorrt_safe(path: Path) -> None:
+    """Rewrite the graph in place where TensorRT needs it; the weights (a sidecar) are not touched."""
+    import onnx
+
+    from .tensorrt_compat import make_tensorrt_safe
+
+    model = onnx.load(str(path), load_external_data=False)
+    if make_tensorrt_safe(model):
+        onnx.save(model, str(path))
 
 
 def _check_signature(path: Path, input_names: Sequence[str]) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fp16, onnx_export, validation
+from . import fp16, onnx_export, tensorrt_compat, validation
 from .errors import RepositoryError
 from .loading import HUB_TIMEOUT_S, load_cross_encoder
 from .manifest import MANIFEST_FILENAME, settings_dict, write_manifest
@@ -115,6 +115,10 @@ def export_model(settings: ExportSettings, *, progress: Progress | None = None) 
             )
             served_path = fp16_path
 
+        if serving.profile is Profile.TENSORRT:
+            say(f"checking the graph against TensorRT's ONNX operator support ({tensorrt_compat.TABLE_SOURCE})")
+            tensorrt_compat.check_tensorrt_compatible(served_path)
+
         say(f"rendering the {serving.profile.value} model repository in {settings.output}")
         if replace:  # only now that everything validated: a failed export leaves the old one intact
             shutil.rmtree(settings.output)
@@ -139,6 +143,7 @@ def export_model(settings: ExportSettings, *, progress: Progress | None = None) 
     }
     if serving.profile is Profile.TENSORRT:
         content["engine_build_command"] = engine_build_command(serving, signature)
+        content["validation"]["tensorrt_operators"] = {"checked_against": tensorrt_compat.TABLE_SOURCE, "passed": True}
     write_manifest(settings.output, content)
     seconds = time.perf_counter() - started
     say(f"done in {seconds:.1f} s")
