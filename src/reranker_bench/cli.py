@@ -4,6 +4,7 @@
     reranker-bench serving [OPTIONS]       where the time of one request goes, against a naive run
     reranker-bench client [OPTIONS]        the client's own cost, and requests in flight
     reranker-bench reference-server ...    run the reference server (FastAPI + FlagReranker) alone
+    reranker-bench gpu-check [OPTIONS]     one prepared run on a CUDA GPU machine (see reranker_bench.gpu_check)
 
 Exit codes: 0 done, 1 the benchmark failed (or missed its target), 2 usage error, 130 interrupted.
 Progress goes to stderr, results to stdout.
@@ -36,8 +37,8 @@ from .reference import REFERENCE_SUBCOMMAND, ReferenceSettings, Scheduling
 from .serving import ServingBenchSettings, serving_settings
 
 PROG = "reranker-bench"
-COMPARE, SERVING, CLIENT = "compare", "serving", "client"
-COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND)
+COMPARE, SERVING, CLIENT, GPU_CHECK = "compare", "serving", "client", "gpu-check"
+COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK)
 DEFAULT_COMMAND = COMPARE
 
 Configure = Callable[[argparse.Namespace], Any]
@@ -342,6 +343,16 @@ def _run_reference(settings: ReferenceSettings, args: argparse.Namespace, comman
     return EXIT_OK
 
 
+# -- gpu-check (its options, settings and run live in reranker_bench.gpu_check) ----------------
+
+
+def _add_gpu_check(commands: Any) -> None:
+    from . import gpu_check
+
+    parser = _subcommand(commands, GPU_CHECK, gpu_check.SUMMARY, gpu_check.SUMMARY, gpu_check.configure, gpu_check.run)
+    gpu_check.add_arguments(parser)
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -358,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving(commands)
     _add_client(commands)
     _add_reference(commands)
+    _add_gpu_check(commands)
     return parser
 
 
