@@ -33,11 +33,9 @@ from reranker_bench.gpu_check_serving import (
     sized_requests,
 )
 from reranker_bench.torch_step_model import (
-    InvalidInput,
-    check_request,
-    merge_requests,
     read_parameters,
     split_rows,
+    trim_padding,
 )
 from reranker_common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
@@ -420,7 +418,8 @@ def test_torch_step_imports_only_what_triton_python_has() -> None:
             assert node.level == 0, "no relative imports: the file is rendered alone as model.py"
             modules.add((node.module or "").split(".")[0])
     third_party = modules - set(sys.stdlib_module_names) - {"__future__"}
-    assert third_party == {"numpy", "torch", "transformers", "triton_python_backend_utils"}
+    # reranker_steps is rendered beside every python step's model.py (the cpu profile's included).
+    assert third_party == {"numpy", "torch", "transformers", "reranker_steps"}
 
 
 def test_torch_step_parameters() -> None:
@@ -442,34 +441,22 @@ def test_torch_step_parameters() -> None:
         read_parameters(config(pad_token_id="x"))
 
 
-def test_torch_step_checks_each_request() -> None:
-    ids = np.ones((2, 4), dtype=np.int32)
-    checked = check_request({"input_ids": ids, "attention_mask": ids})
-    assert checked["input_ids"].dtype == np.int64
-    with pytest.raises(InvalidInput, match="missing input 'attention_mask'"):
-        check_request({"input_ids": ids, "attention_mask": None})
-    with pytest.raises(InvalidInput, match=r"must be \[rows, length\]"):
-        check_request({"input_ids": ids.reshape(-1), "attention_mask": ids})
-    with pytest.raises(InvalidInput, match="must have one shape"):
-        check_request({"input_ids": ids, "attention_mask": ids[:, :3]})
-
-
-def test_torch_step_merges_requests_and_splits_the_logits() -> None:
-    first = {"input_ids": np.array([[0, 5, 2, 1, 1, 1, 1, 1]]), "attention_mask": np.array([[1, 1, 1, 0, 0, 0, 0, 0]])}
-    second = {
-        "input_ids": np.array([[0, 6, 7, 8, 2, 1], [0, 9, 2, 1, 1, 1]]),
-        "attention_mask": np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]),
+def test_torch_step_trims_padding_and_splits_the_logits() -> None:
+    feed = {
+        "input_ids": np.array([[0, 5, 2, 1, 1, 1], [0, 6, 7, 8, 2, 1], [0, 9, 2, 1, 1, 1]]),
+        "attention_mask": np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]]),
     }
-    feed, counts = merge_requests([first, second], pad_token_id=1)
-    assert counts == [1, 2]
-    assert feed["input_ids"].tolist() == [[0, 5, 2, 1, 1], [0, 6, 7, 8, 2], [0, 9, 2, 1, 1]]  # cut to the longest row
-    assert feed["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
-    rows = split_rows(np.array([[0.5], [1.5], [2.5]], dtype=np.float16), counts)
+    trimmed = trim_padding(feed)
+    assert trimmed["input_ids"].tolist() == [
+        [0, 5, 2, 1, 1],
+        [0, 6, 7, 8, 2],
+        [0, 9, 2, 1, 1],
+    ]  # cut to the longest row
+    assert trimmed["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    rows = split_rows(np.array([[0.5], [1.5], [2.5]], dtype=np.float16), [1, 2])
     assert [r.tolist() for r in rows] == [[[0.5]], [[1.5], [2.5]]] and all(r.dtype == np.float32 for r in rows)
     with pytest.raises(ValueError, match="2 logits for 3 rows"):
-        split_rows(np.zeros(2), counts)
-    with pytest.raises(ValueError, match="no requests"):
-        merge_requests([], pad_token_id=1)
+        split_rows(np.zeros(2), [1, 2])
 
 
 # -- on a CUDA GPU -------------------------------------------------------------------------------

@@ -212,7 +212,6 @@ def prepare_triton_repository(
 
     from reranker_export.repository import (
         CONFIG_FILENAME,
-        STEPS_PACKAGE,
         TOKENIZER_FILENAME,
         VERSION,
         format_config,
@@ -231,7 +230,7 @@ def prepare_triton_repository(
         config.parameters[key].string_value = value
     (step / CONFIG_FILENAME).write_text(format_config(config), encoding="utf-8")
     version = step / VERSION
-    shutil.rmtree(version / STEPS_PACKAGE, ignore_errors=True)  # the torch step is self-contained
+    # reranker_steps/ stays beside it: the torch step's adapter imports the product's helpers.
     (version / "model.py").write_text(torch_step_source(), encoding="utf-8")
     target = getattr(torch, dtype)
     state = {name: tensor.detach().to("cpu", dtype=target) for name, tensor in model.state_dict().items()}

@@ -131,27 +131,17 @@ def build_model(architecture: Architecture | None, tokenizer: Any, *, seed: int)
     ``None``: the full-size bge-reranker-v2-m3 config (``bge_reranker_v2_m3_config``, vocabulary
     250,002 whatever the tokenizer's size); else a small config with the tokenizer's vocabulary.
     """
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    from transformers import XLMRobertaForSequenceClassification
 
     from reranker_export.testmodels import bge_reranker_v2_m3_config
 
     if architecture is None:
         config = bge_reranker_v2_m3_config()
+        config.pad_token_id = tokenizer.pad_token_id
+        config.bos_token_id = tokenizer.bos_token_id
+        config.eos_token_id = tokenizer.eos_token_id
     else:
-        config = XLMRobertaConfig(
-            vocab_size=architecture.vocab_size or len(tokenizer),
-            hidden_size=architecture.hidden,
-            num_hidden_layers=architecture.layers,
-            num_attention_heads=architecture.heads,
-            intermediate_size=architecture.intermediate,
-            max_position_embeddings=architecture.max_positions,
-            type_vocab_size=1,
-            layer_norm_eps=1e-5,
-        )
-        config.num_labels = 1
-    config.pad_token_id = tokenizer.pad_token_id
-    config.bos_token_id = tokenizer.bos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
+        config = architecture.config(tokenizer)
     with _seeded(seed):
         return XLMRobertaForSequenceClassification(config).eval()
 

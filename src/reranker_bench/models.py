@@ -49,6 +49,26 @@ class Architecture:
         """Small enough for a CPU run, large enough that compute dominates (6 layers, hidden 384)."""
         return cls(layers=6, hidden=384, heads=12, intermediate=1536)
 
+    def config(self, tokenizer: Any) -> Any:
+        """A one-logit ``XLMRobertaConfig`` of this shape around ``tokenizer``'s vocabulary and special ids."""
+        from transformers import XLMRobertaConfig
+
+        config = XLMRobertaConfig(
+            vocab_size=self.vocab_size or len(tokenizer),
+            hidden_size=self.hidden,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            intermediate_size=self.intermediate,
+            max_position_embeddings=self.max_positions,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        config.num_labels = 1  # one relevance logit per pair
+        return config
+
     @classmethod
     def from_config(cls, config: Any) -> Architecture:
         """The shape of a transformers ``XLMRobertaConfig``."""
@@ -121,26 +141,13 @@ def build_bench_model(
         progress(f"reusing the benchmark model in {model_dir}")
         return model_dir
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    from transformers import XLMRobertaForSequenceClassification
 
     shutil.rmtree(model_dir, ignore_errors=True)
     model_dir.mkdir(parents=True)
     progress("training the benchmark tokenizer on workload text")
     tokenizer = train_bench_tokenizer(model_dir)
-    config = XLMRobertaConfig(
-        vocab_size=architecture.vocab_size or len(tokenizer),
-        hidden_size=architecture.hidden,
-        num_hidden_layers=architecture.layers,
-        num_attention_heads=architecture.heads,
-        intermediate_size=architecture.intermediate,
-        max_position_embeddings=architecture.max_positions,
-        type_vocab_size=1,
-        layer_norm_eps=1e-5,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    config.num_labels = 1  # one relevance logit per pair
+    config = architecture.config(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = XLMRobertaForSequenceClassification(config).eval()
