@@ -11,17 +11,19 @@ runs for real with stand-ins for ``nvidia-smi`` and ``trtexec``, which need a GP
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
@@ -29,6 +31,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from reranker_client import RerankerClient
 from reranker_export.repository import VERSION, ModelSignature, parse_config, render_repository
 from reranker_export.settings import (
     CORE_MODEL_NAME,
@@ -44,6 +47,7 @@ from reranker_serve import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     SERVER_FLAGS,
+    ServerStartError,
     TritonServer,
 )
 from support import lock_pins
@@ -58,6 +62,17 @@ SERVER_DOCKERFILE = K8S / "server" / "Dockerfile"
 LOADTEST_DOCKERFILE = K8S / "loadtest" / "Dockerfile"
 ENGINE_INIT_CONTAINER = "build-engine"
 TRITON_CONTAINER = "triton"
+REPOSITORY_VOLUME = "model-repository"
+GRPC_MAX_AGE_FLAG = "--grpc-max-connection-age"
+GRPC_MAX_AGE_GRACE_FLAG = "--grpc-max-connection-age-grace"
+# The default Deployment progress deadline, and what a pod's start may take besides its
+# startup probe: a GPU node from the cluster autoscaler and the image pulls (Triton ~15 GB,
+# TensorRT ~10 GB); for gpu-tensorrt, the XLM-R-large engine build on top.
+DEFAULT_PROGRESS_DEADLINE_S = 600
+NODE_AND_PULL_ALLOWANCE_S = 15 * 60
+ENGINE_BUILD_ALLOWANCE_S = 30 * 60
+# ReadWriteMany storage classes of the managed clouds (their default classes cannot provide it).
+RWX_STORAGE_CLASSES = {"EKS": "efs-sc", "GKE": "standard-rwx", "AKS": "azurefile-csi"}
 HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
 # The oldest Kubernetes the manifests target, and the newest release kubernetes-validate knows.
 MIN_KUBERNETES = "1.29.0"
@@ -170,6 +185,20 @@ def mount_path(spec_container: dict[str, Any], volume: str) -> str:
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def duration_s(value: str) -> float:
+    """A Prometheus duration such as ``10m`` in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"unsupported duration {value}"
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+def repository_in_volume(spec_container: dict[str, Any]) -> PurePosixPath:
+    """Where Triton's --model-repository lies inside the model-repository volume."""
+    repository = PurePosixPath(flag(spec_container["args"], "--model-repository"))
+    return repository.relative_to(mount_path(spec_container, REPOSITORY_VOLUME))
 
 
 def expand_kubelet_vars(arg: str, env: dict[str, str]) -> str:
@@ -418,7 +447,7 @@ def test_triton_runs_with_the_flags_of_the_local_server(overlay: str) -> None:
     args = spec["args"]
     missing = [f for f in SERVER_FLAGS if f not in args]
     assert not missing, f"{overlay}: flags of reranker_serve.SERVER_FLAGS missing: {missing}"
-    assert flag(args, "--model-repository") == mount_path(spec, "model-repository")
+    assert repository_in_volume(spec).parts, f"{overlay}: Triton reads the volume root"
     assert int(flag(args, "--http-port")) == DEFAULT_HTTP_PORT
     assert int(flag(args, "--grpc-port")) == DEFAULT_GRPC_PORT
     assert int(flag(args, "--metrics-port")) == DEFAULT_METRICS_PORT
@@ -432,6 +461,64 @@ def test_triton_runs_with_the_flags_of_the_local_server(overlay: str) -> None:
         apis = set().union(*(g.split(",") for g in restricted[name]))
         assert {"model-repository", "shared-memory"} <= apis, f"{name} leaves {apis} open"
     assert "summary_latencies=true" in flag_values(args)["--metrics-config"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_model_repository_is_a_directory_inside_the_volume(overlay: str) -> None:
+    """The volume root of an ext4-backed claim holds lost+found, which Triton would load as a
+    model (see test_stray_lost_found_stops_a_server_at_the_volume_root)."""
+    spec = triton(overlay)
+    inside = repository_in_volume(spec)
+    assert inside.parts and ".." not in inside.parts, f"{overlay}: --model-repository is not below the mount"
+    (mount,) = [m for m in spec["volumeMounts"] if m["name"] == REPOSITORY_VOLUME]
+    assert "subPath" not in mount, "one way to pick the directory: the flag"
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    assert f"--output ./{inside}" in readme and f":/mnt/{inside}" in readme, "README copies elsewhere"
+    assert f"--model-repository={flag(spec['args'], '--model-repository')}" in readme
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_connections_are_recycled_for_new_pods(overlay: str) -> None:
+    """Clients re-resolve the headless Service only when a connection closes: Triton closes
+    each one at a maximum age, so pods the HPA adds get traffic from connected clients."""
+    args = triton(overlay)["args"]
+    age, grace = flag(args, GRPC_MAX_AGE_FLAG), flag(args, GRPC_MAX_AGE_GRACE_FLAG)
+    # Milliseconds, as plain integers: Triton reads "120s" as 120 ms without complaint.
+    assert re.fullmatch(r"[1-9][0-9]*", age) and re.fullmatch(r"[1-9][0-9]*", grace), (age, grace)
+    # A call sent just before the GOAWAY may take its whole client deadline.
+    client_deadline_s = inspect.signature(RerankerClient).parameters["timeout"].default
+    assert int(grace) >= client_deadline_s * 1000
+    # A new pod gets its share (age + gRPC's 10% jitter + the grace) before the p95 alert fires.
+    alert = next(
+        r
+        for g in find(rendered("gpu-tensorrt"), "PrometheusRule")["spec"]["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "RerankerLatencyP95AboveSLO"
+    )
+    assert (int(age) * 1.1 + int(grace)) / 1000 < duration_s(alert["for"])
+
+
+def _startup_window_s(spec_container: dict[str, Any]) -> int:
+    probe = spec_container["startupProbe"]
+    return int(probe.get("initialDelaySeconds", 0) + probe["periodSeconds"] * probe["failureThreshold"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rollout_deadline_outlasts_a_pod_start(overlay: str) -> None:
+    """Past progressDeadlineSeconds a rollout is marked failed: it must cover a new node, the
+    image pulls, the startup probe's window and, for gpu-tensorrt, the engine build."""
+    workload = deployment(overlay)
+    deadline = workload["spec"]["progressDeadlineSeconds"]
+    needed = _startup_window_s(triton(overlay)) + NODE_AND_PULL_ALLOWANCE_S
+    if any(c["name"] == ENGINE_INIT_CONTAINER for c in pod_spec(workload).get("initContainers", [])):
+        # engine-init.sh sets no time limit on the build, so the allowance stands for it.
+        needed += ENGINE_BUILD_ALLOWANCE_S
+        assert overlay == "gpu-tensorrt"
+    assert deadline > DEFAULT_PROGRESS_DEADLINE_S and deadline >= needed, (deadline, needed)
+    # The README's rollout command waits at least as long as the controller.
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    (timeout,) = re.findall(r"rollout status deployment/reranker --timeout=(\w+)", readme)
+    assert duration_s(timeout) >= deadline
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -525,6 +612,57 @@ def test_gpu_scheduling_and_shared_memory(overlay: str) -> None:
     assert mount_path(triton(overlay), "dshm") == "/dev/shm"
 
 
+# -- storage ------------------------------------------------------------------------------------
+
+
+def _read_write_many_claim_files() -> dict[Path, dict[str, Any]]:
+    claims = {}
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc and doc.get("kind") == "PersistentVolumeClaim" and "ReadWriteMany" in doc["spec"]["accessModes"]:
+                claims[path] = doc
+    return claims
+
+
+def test_shared_claims_say_which_storage_class_provides_read_write_many() -> None:
+    """EKS, GKE and AKS default classes are block storage: a ReadWriteMany claim on them stays
+    Pending. Each claim file carries a commented storageClassName per cloud that, uncommented,
+    makes a valid claim; the README says the same and how uid 10001 gets write access."""
+    claims = _read_write_many_claim_files()
+    rendered_claims = {
+        c["metadata"]["name"]
+        for overlay in OVERLAYS
+        for c in kinds(rendered(overlay), "PersistentVolumeClaim")
+        if "ReadWriteMany" in c["spec"]["accessModes"]
+    }
+    assert rendered_claims == {c["metadata"]["name"] for c in claims.values()}
+    assert rendered_claims == {"reranker-model-repository", "reranker-engine-cache"}
+    for path, claim in claims.items():
+        text = path.read_text(encoding="utf-8")
+        assert "storageClassName" not in claim["spec"], f"{path}: the class is the user's choice"
+        assert "fsGroupPolicy" in text and "README" in text, f"{path}: no permission guidance"
+        for cloud, storage_class in RWX_STORAGE_CLASSES.items():
+            pattern = rf"^(\s*)# (storageClassName: {re.escape(storage_class)})\b.*\b{cloud}\b.*$"
+            line = re.search(pattern, text, re.M)
+            assert line, f"{path}: no commented storageClassName for {cloud}"
+            uncommented = yaml.safe_load(text.replace(line[0], line[1] + line[2]))
+            assert uncommented["spec"]["storageClassName"] == storage_class
+            kubernetes_validate.validate(uncommented, MIN_KUBERNETES, strict=True)
+
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    storage = readme.split("### Storage", 1)[1].split("\n## ", 1)[0]
+    for storage_class in RWX_STORAGE_CLASSES.values():
+        assert f"`{storage_class}`" in storage
+    assert "ReadWriteMany" in storage and "fsGroupPolicy" in storage
+    # The permission steps name the pod's user and group.
+    for overlay in OVERLAYS:
+        context = pod_spec(deployment(overlay))["securityContext"]
+        user, group = context["runAsUser"], context["runAsGroup"]
+        assert context["fsGroup"] == group
+        assert f"chown {user}:{group}" in storage or f'"chown","{user}:{group}"' in storage
+        assert f'uid: "{user}", gid: "{group}"' in storage, "the EFS class's access-point owner"
+
+
 # -- engine build (gpu-tensorrt) --------------------------------------------------------------
 
 
@@ -536,7 +674,8 @@ def test_engine_volumes_fit_the_repository_layout() -> None:
     env = {e["name"]: e["value"] for e in init["env"]}
     assert init["image"] == f"nvcr.io/nvidia/tensorrt:{triton_release()}-py3"
     assert env["CORE_MODEL"] == CORE_MODEL_NAME
-    assert env["MODEL_REPOSITORY"] == mount_path(init, "model-repository") == mount_path(server, "model-repository")
+    assert env["MODEL_REPOSITORY"] == flag(server["args"], "--model-repository")
+    assert mount_path(init, REPOSITORY_VOLUME) == mount_path(server, REPOSITORY_VOLUME)
     assert env["ENGINE_CACHE"] == mount_path(init, "engine-cache")
     assert env["ENGINE_LINK_DIR"] == mount_path(init, "engine")
     # Triton sees the link where it loads the engine, and its target at the same path.
@@ -618,8 +757,16 @@ class EngineInitPod:
         return pod_path
 
     @property
+    def repository(self) -> Path:
+        """The model repository (MODEL_REPOSITORY, a directory inside the claim)."""
+        env = {e["name"]: e["value"] for e in self.spec["env"]}
+        path = Path(self.local(env["MODEL_REPOSITORY"]))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
     def model_dir(self) -> Path:
-        return self.volume_dir("model-repository") / CORE_MODEL_NAME
+        return self.repository / CORE_MODEL_NAME
 
     @property
     def link(self) -> Path:
@@ -651,7 +798,7 @@ def _render_tensorrt_repository(directory: Path, settings: ServingSettings) -> N
 def test_engine_init_builds_once_per_gpu_tensorrt_and_model(tmp_path: Path) -> None:
     pod = EngineInitPod(tmp_path)
     settings = ServingSettings(profile=Profile.TENSORRT)
-    _render_tensorrt_repository(pod.volume_dir("model-repository"), settings)
+    _render_tensorrt_repository(pod.repository, settings)
     cache = pod.volume_dir("engine-cache")
 
     first = pod.run()
@@ -690,7 +837,7 @@ def test_engine_init_builds_once_per_gpu_tensorrt_and_model(tmp_path: Path) -> N
 
 def test_engine_init_fails_loudly_and_leaves_no_partial_engine(tmp_path: Path) -> None:
     pod = EngineInitPod(tmp_path)
-    repository = pod.volume_dir("model-repository")
+    repository = pod.repository
     # A repository of another profile: no build script.
     render_repository(repository, ServingSettings(profile=Profile.ONNXRUNTIME))
     missing = pod.run()
@@ -934,6 +1081,24 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
     assert json.loads(dashboard["data"]["reranker.json"]) == json.loads(DASHBOARD.read_text(encoding="utf-8"))
 
 
+@pytest.mark.parametrize("overlay", GPU_OVERLAYS)
+def test_prometheus_selects_the_service_monitor_and_the_rules(overlay: str) -> None:
+    """kube-prometheus-stack loads ServiceMonitors and PrometheusRules only with its `release`
+    label: both carry the same one, from one transformer scoped to the two kinds."""
+    objects = rendered(overlay)
+    monitor, rule = find(objects, "ServiceMonitor"), find(objects, "PrometheusRule")
+    release = monitor["metadata"]["labels"].get("release")
+    assert release, "the ServiceMonitor has no release label"
+    assert rule["metadata"]["labels"].get("release") == release, "the PrometheusRule would never load"
+    labelled = sorted(o["kind"] for o in objects if "release" in o["metadata"].get("labels", {}))
+    assert labelled == ["PrometheusRule", "ServiceMonitor"]
+    source = K8S / "components" / "monitoring" / "prometheus-release-label.yaml"
+    transformer = yaml.safe_load(source.read_text(encoding="utf-8"))
+    assert transformer["labels"] == {"release": release}
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    assert f"`release: {release}`" in readme and "components/monitoring/prometheus-release-label.yaml" in readme
+
+
 def test_queries_name_models_of_the_repository() -> None:
     queries = _queries()
     repository_models = {p.name for p in (ROOT / "model_repository").iterdir() if (p / "config.pbtxt").is_file()}
@@ -996,22 +1161,36 @@ def _stand_in_repository(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def deployed_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServer, str]]:
-    """A local tritonserver started with the cpu overlay's flags, as the kubelet expands them."""
+def _deployed_args(admin_key: str) -> list[str]:
+    """The cpu overlay's Triton flags as the kubelet expands them, less those the launcher sets."""
     spec = triton("cpu")
-    admin_key = str(uuid.uuid4())  # the pod UID the Deployment passes as TRITON_ADMIN_KEY
     env = {e["name"]: e.get("value", "") for e in spec["env"]}
     key_source = next(e for e in spec["env"] if e["name"] == "TRITON_ADMIN_KEY")
     assert key_source["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
     env["TRITON_ADMIN_KEY"] = admin_key
-    extra = [
+    return [
         expand_kubelet_vars(arg, env)
         for arg in spec["args"]
         if arg not in SERVER_FLAGS and arg.split("=", 1)[0] not in LAUNCHER_FLAGS
     ]
-    repository = _stand_in_repository(tmp_path_factory.mktemp("stand-in-repository"))
-    with TritonServer(repository, extra_args=extra) as server:
+
+
+@pytest.fixture(scope="module")
+def deployed_volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model-repository claim as an ext4-backed volume leaves it: lost+found (empty) at its
+    root, and the stand-in repository where the Deployment points --model-repository."""
+    volume = tmp_path_factory.mktemp("model-repository-volume")
+    (volume / "lost+found").mkdir()
+    _stand_in_repository(volume / repository_in_volume(triton("cpu")))
+    return volume
+
+
+@pytest.fixture(scope="module")
+def deployed_triton(deployed_volume: Path) -> Iterator[tuple[TritonServer, str]]:
+    """A local tritonserver started with the cpu overlay's flags on the volume above."""
+    admin_key = str(uuid.uuid4())  # the pod UID the Deployment passes as TRITON_ADMIN_KEY
+    repository = deployed_volume / repository_in_volume(triton("cpu"))
+    with TritonServer(repository, extra_args=_deployed_args(admin_key)) as server:
         yield server, admin_key
 
 
@@ -1023,6 +1202,56 @@ def _http(url: str, data: bytes | None = None, headers: dict[str, str] | None = 
             return reply.status, reply.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def test_stray_lost_found_stops_a_server_at_the_volume_root(
+    deployed_triton: tuple[TritonServer, str], deployed_volume: Path
+) -> None:
+    """With the Deployment's flags (--exit-on-error), an empty lost+found beside the repository
+    stops a server reading the volume root; the Deployment's subdirectory serves."""
+    server, key = deployed_triton
+    assert server.is_ready() and server.model_repository.parent == deployed_volume
+    at_root = TritonServer(deployed_volume, extra_args=_deployed_args(key))
+    try:
+        with pytest.raises(ServerStartError, match=r"lost\+found"):
+            at_root.start()
+    finally:
+        at_root.stop()
+
+
+def test_triton_closes_grpc_connections_at_their_max_age(
+    deployed_triton: tuple[TritonServer, str], deployed_volume: Path
+) -> None:
+    """Triton takes the Deployment's connection-age flags (the fixture's server started with
+    them) and acts on them: with the age shortened, it closes an open gRPC connection, which
+    is what makes a round_robin client re-resolve the headless Service."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    server, key = deployed_triton
+    deployed = _deployed_args(key)
+    for name in (GRPC_MAX_AGE_FLAG, GRPC_MAX_AGE_GRACE_FLAG):
+        assert f"{name}={flag(deployed, name)}" in server.command
+    shortened = {GRPC_MAX_AGE_FLAG: "200", GRPC_MAX_AGE_GRACE_FLAG: "100"}
+    args = [f"{n}={shortened[n]}" if (n := a.split("=", 1)[0]) in shortened else a for a in deployed]
+    with TritonServer(server.model_repository, extra_args=args) as short_lived:
+        states: list[grpc.ChannelConnectivity] = []
+        closed = threading.Event()
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            states.append(state)
+            if state == grpc.ChannelConnectivity.IDLE and grpc.ChannelConnectivity.READY in states:
+                closed.set()  # the server ended the connection (GOAWAY): READY -> IDLE
+
+        channel = grpc.insecure_channel(short_lived.grpc_url)
+        try:
+            channel.subscribe(watch, try_to_connect=True)
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=30).live
+            # An upper bound against a hang only: the close comes after ~0.2 s.
+            assert closed.wait(timeout=120), f"the connection stayed open: {states}"
+        finally:
+            channel.close()
 
 
 def test_probe_paths_answer_on_triton(deployed_triton: tuple[TritonServer, str]) -> None:

@@ -8,7 +8,7 @@
 # the directory Triton mounts as <model>/1, so Triton loads <model>/1/model.plan.
 set -eu
 
-MODEL_REPOSITORY=${MODEL_REPOSITORY:-/models}
+MODEL_REPOSITORY=${MODEL_REPOSITORY:-/models/repository}
 CORE_MODEL=${CORE_MODEL:-reranker_model}
 ENGINE_CACHE=${ENGINE_CACHE:-/engine-cache}
 ENGINE_LINK_DIR=${ENGINE_LINK_DIR:-/engine}
