@@ -9,6 +9,7 @@ Installs with ``pip install "triton-reranker[client]"``: tritonclient[grpc], grp
 The exception tree is documented in :mod:`reranker_client.errors`.
 """
 
+from ._core import CanaryResult
 from .async_client import AsyncRerankerClient
 from .config import Compression, LoadBalancing, RetryPolicy, TLSConfig
 from .errors import (
@@ -24,6 +25,7 @@ from .sync_client import RerankerClient
 
 __all__ = [
     "AsyncRerankerClient",
+    "CanaryResult",
     "Compression",
     "DeadlineExceededError",
     "InvalidInputError",

@@ -6,6 +6,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -46,6 +47,26 @@ DEFAULT_TIMEOUT_S = 10.0
 
 # What a tritonclient call can raise for a failed RPC (it converts grpc.RpcError itself).
 RPC_ERRORS = (InferenceServerException, grpc.RpcError)
+
+# The canary: the smallest request that goes through every step of the ensemble.
+CANARY_QUERY = "health check"
+CANARY_DOCUMENTS = ("a canary document scored by every step of the reranker",)
+
+
+@dataclass(frozen=True)
+class CanaryResult:
+    """One canary rerank: whether it came back with a finite score, how long it took, and why not."""
+
+    healthy: bool
+    seconds: float
+    error: str | None = None
+
+
+def canary_result(scores: npt.NDArray[np.floating[Any]] | None, started: float, error: str | None) -> CanaryResult:
+    seconds = time.monotonic() - started
+    if error is None and (scores is None or scores.shape != (len(CANARY_DOCUMENTS),) or not np.isfinite(scores).all()):
+        error = f"the canary came back without a finite score: {scores!r}"
+    return CanaryResult(healthy=error is None, seconds=seconds, error=error)
 
 
 class Deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 
 from . import _core
-from ._core import DEFAULT_TIMEOUT_S, RPC_ERRORS, ClientCore, Deadline
+from ._core import DEFAULT_TIMEOUT_S, RPC_ERRORS, CanaryResult, ClientCore, Deadline
 from .config import (
     ENSEMBLE_NAME,
     TOKENIZER_MODEL_NAME,
@@ -23,6 +24,7 @@ from .config import (
     RetryPolicy,
     TLSConfig,
 )
+from .errors import RerankerError
 from .ranking import RerankResult, chunk_slices
 
 T = TypeVar("T")
@@ -205,6 +207,15 @@ class AsyncRerankerClient:
             )
         except RPC_ERRORS as exc:
             return _core.unreachable(exc, self._core.describe("is_live"))
+
+    async def canary(self, *, timeout: float | None = None) -> CanaryResult:
+        """A deep health check: one tiny rerank through the whole ensemble (see ``RerankerClient.canary``)."""
+        started = time.monotonic()
+        try:
+            scores = await self.score(_core.CANARY_QUERY, _core.CANARY_DOCUMENTS, timeout=timeout)
+        except RerankerError as exc:
+            return _core.canary_result(None, started, f"{type(exc).__name__}: {exc}")
+        return _core.canary_result(scores, started, None)
 
     async def is_ready(self, *, timeout: float | None = None) -> bool:
         """Whether the server and the model are ready; ``False`` when the server cannot be reached."""

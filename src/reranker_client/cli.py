@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     health_parser = commands.add_parser("health", help="report server liveness and model readiness")
     add_connection(health_parser)
     health_parser.add_argument("--wait", action="store_true", help="wait up to --timeout for the model to become ready")
+    health_parser.add_argument(
+        "--canary",
+        action="store_true",
+        help="also rerank one tiny request through the whole ensemble: a server whose python step "
+        "died still reports ready, but fails this (exit 1)",
+    )
     return parser
 
 
@@ -126,8 +132,13 @@ def _health(args: argparse.Namespace) -> int:
             client.wait_until_ready()
         live = client.is_live()
         ready = live and client.is_ready()
-    print(f"live: {'yes' if live else 'no'}  ready ({args.model}): {'yes' if ready else 'no'}")
-    return 0 if ready else 1
+        canary = client.canary() if args.canary and ready else None
+    line = f"live: {'yes' if live else 'no'}  ready ({args.model}): {'yes' if ready else 'no'}"
+    if canary is not None:
+        outcome = f"ok in {canary.seconds * 1000:.0f} ms" if canary.healthy else f"FAILED: {canary.error}"
+        line += f"  canary: {outcome}"
+    print(line)
+    return 0 if ready and (canary is None or canary.healthy) else 1
 
 
 def _client(args: argparse.Namespace, compression: Compression = Compression.NONE) -> RerankerClient:

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 
 from . import _core
-from ._core import DEFAULT_TIMEOUT_S, RPC_ERRORS, ClientCore, Deadline
+from ._core import DEFAULT_TIMEOUT_S, RPC_ERRORS, CanaryResult, ClientCore, Deadline
 from .config import (
     ENSEMBLE_NAME,
     TOKENIZER_MODEL_NAME,
@@ -24,6 +24,7 @@ from .config import (
     RetryPolicy,
     TLSConfig,
 )
+from .errors import RerankerError
 from .ranking import RerankResult, chunk_slices
 
 T = TypeVar("T")
@@ -227,6 +228,20 @@ class RerankerClient:
             )
         except RPC_ERRORS as exc:
             return _core.unreachable(exc, self._core.describe("is_live"))
+
+    def canary(self, *, timeout: float | None = None) -> CanaryResult:
+        """A deep health check: one tiny rerank through the whole ensemble, within ``timeout``.
+
+        Readiness only says Triton loaded the models; a python step whose stub process died
+        still reports ready while every request fails. The canary fails then. It never raises
+        for a server-side failure: the result says what went wrong.
+        """
+        started = time.monotonic()
+        try:
+            scores = self.score(_core.CANARY_QUERY, _core.CANARY_DOCUMENTS, timeout=timeout)
+        except RerankerError as exc:
+            return _core.canary_result(None, started, f"{type(exc).__name__}: {exc}")
+        return _core.canary_result(scores, started, None)
 
     def is_ready(self, *, timeout: float | None = None) -> bool:
         """Whether the server and the model are ready; ``False`` when the server cannot be reached."""
