@@ -32,8 +32,12 @@ def own_server(cpu_repository: Path, tmp_path: Path) -> Iterator[Any]:
     """A server of its own: this test breaks it."""
     from reranker_serve import TritonServer
 
-    with TritonServer(cpu_repository, log_file=tmp_path / "triton.log") as server:
+    server = TritonServer(cpu_repository, log_file=tmp_path / "triton.log").start()
+    try:
         yield server
+    finally:
+        # A server with a dead stub waits its whole exit timeout for it; nothing here needs grace.
+        server.stop(grace_s=1.0)
 
 
 def _kill_stubs(server_pid: int, model: str) -> int:
