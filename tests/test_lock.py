@@ -21,7 +21,7 @@ from packaging.version import Version
 from support import LOCK, ROOT, lock_pins
 
 PROJECT = "triton-reranker"
-USER_FACING_EXTRAS = ("client", "export", "serve", "loadtest")
+USER_FACING_EXTRAS = ("client", "export", "serve", "loadtest", "gateway", "eval")
 
 
 def _declared() -> dict[str, list[Requirement]]:

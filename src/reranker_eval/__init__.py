@@ -1,0 +1,1 @@
+"""Ranking quality of reranker deployments on a user's own data (BEIR or JSONL)."""

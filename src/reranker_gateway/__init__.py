@@ -1,0 +1,1 @@
+"""HTTP rerank API (Cohere v1/v2, Jina, TEI schemas) in front of the reranker ensemble."""
