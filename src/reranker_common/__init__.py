@@ -4,6 +4,8 @@
 - ``int_list``: the argparse type for comma-separated integers (``--length-buckets 64,128``);
 - ``progress_printer``: progress lines with the elapsed time, on stderr so stdout stays the result;
 - ``free_port``: a TCP port nobody listens on right now.
+
+``reranker_common.agreement`` (numpy; scipy when used) measures how two rankings agree.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from reranker_common.agreement import agreement
+
 from .errors import Fp16ToleranceError, ParityError
 from .probes import PROBE_PASSAGES, PROBE_QUERIES, encode_pairs, probe_pairs
 
@@ -104,13 +106,6 @@ def check_parity(reference: np.ndarray, candidate: np.ndarray, *, tolerance: flo
     return report
 
 
-def _kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import kendalltau
-
-    tau = kendalltau(a, b).statistic
-    return 1.0 if np.isnan(tau) else float(tau)  # constant rankings on both sides agree
-
-
 def check_fp16(fp32: np.ndarray, fp16: np.ndarray, *, tolerance: float = FP16_TOLERANCE) -> Fp16Report:
     """Compare logits of the probe set; rankings are per probe query over every probe passage."""
     if not np.all(np.isfinite(fp16)):
@@ -120,18 +115,13 @@ def check_fp16(fp32: np.ndarray, fp16: np.ndarray, *, tolerance: float = FP16_TO
     diff = float(np.max(np.abs(fp32 - fp16)))
     per_query32 = fp32.reshape(len(PROBE_QUERIES), len(PROBE_PASSAGES))
     per_query16 = fp16.reshape(len(PROBE_QUERIES), len(PROBE_PASSAGES))
-    overlaps, taus = [], []
-    for s32, s16 in zip(per_query32, per_query16, strict=True):
-        top32 = set(np.argsort(-s32, kind="stable")[:5].tolist())
-        top16 = set(np.argsort(-s16, kind="stable")[:5].tolist())
-        overlaps.append(len(top32 & top16) / 5)
-        taus.append(_kendall_tau_b(s32, s16))
+    ranks = agreement(list(per_query32), list(per_query16), k=5)
     report = Fp16Report(
         pairs=len(fp32),
         max_abs_diff=diff,
         tolerance=tolerance,
-        top5_overlap=float(np.mean(overlaps)),
-        kendall_tau=float(np.mean(taus)),
+        top5_overlap=ranks.top_k_overlap,
+        kendall_tau=ranks.kendall_tau,
     )
     if not diff <= tolerance:
         raise Fp16ToleranceError(
