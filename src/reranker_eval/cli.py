@@ -18,7 +18,7 @@ from reranker_client import RerankerError
 from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, progress_printer
 
 from .dataset import DEFAULT_DEPTH, EvalSet, load_dataset, test_set
-from .deployments import Deployment, open_deployment, parse_deployment
+from .deployments import Deployment, DeploymentSpec, open_deployment, parse_deployment
 from .errors import DatasetError, DeploymentError, ScoringError
 from .evaluate import FIRST_STAGE, evaluate
 from .report import to_json, to_markdown
@@ -116,8 +116,7 @@ def _dataset(args: argparse.Namespace) -> EvalSet:
     return load_dataset(args.dataset, run=args.run, split=args.split, depth=args.depth)
 
 
-@contextlib.contextmanager
-def _deployments(args: argparse.Namespace) -> Iterator[list[Deployment]]:
+def _specs(args: argparse.Namespace) -> list[DeploymentSpec]:
     specs = [parse_deployment(spec, model=args.model) for spec in args.deployment]
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -125,10 +124,15 @@ def _deployments(args: argparse.Namespace) -> Iterator[list[Deployment]]:
         raise UsageError(f"two deployments are called {duplicates[0]!r}: name them, NAME=ADDRESS")
     if FIRST_STAGE in names:
         raise UsageError(f"{FIRST_STAGE!r} is the first stage's name in the report: call the deployment otherwise")
+    return specs
+
+
+@contextlib.contextmanager
+def _opened(specs: Sequence[DeploymentSpec], timeout: float) -> Iterator[list[Deployment]]:
     opened: list[Deployment] = []
     try:
         for spec in specs:
-            opened.append(open_deployment(spec, timeout=args.timeout))
+            opened.append(open_deployment(spec, timeout=timeout))
         yield opened
     finally:
         for deployment in opened:
@@ -137,12 +141,13 @@ def _deployments(args: argparse.Namespace) -> Iterator[list[Deployment]]:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    specs = _specs(args)
     say = progress_printer()
     dataset = _dataset(args)
     say(f"{dataset.name}: {len(dataset)} queries ({dataset.judged} with a relevant document), {dataset.format} layout")
     for note in dataset.notes:
         say(f"note: {note}")
-    with _deployments(args) as deployments:
+    with _opened(specs, args.timeout) as deployments:
         for deployment in deployments:
             try:
                 deployment.wait_until_ready(args.wait)

@@ -35,7 +35,7 @@ class Deployment(Protocol):
 
     @property
     def address(self) -> str:
-        """Where it is, for the report."""
+        """Where it is, for the report (``reranker@grpc://host:port``: the model at the server)."""
         ...
 
     def wait_until_ready(self, timeout: float) -> None:
@@ -107,7 +107,8 @@ class GrpcDeployment:
 
     @property
     def address(self) -> str:
-        return f"grpc://{self._spec.address} (model {self._spec.model})"
+        target = self._spec.address
+        return f"{self._spec.model}@{target if target.startswith('dns:') else 'grpc://' + target}"
 
     def score(self, query: str, documents: Sequence[str]) -> npt.NDArray[np.floating]:
         return self._client.score(query, documents)
