@@ -367,8 +367,12 @@ def test_test_set_run_shows_the_reranker_beating_the_first_stage_and_agreement(
     assert set(pairs) == {("xlmr", "xlmr-again"), ("xlmr", "bert"), ("xlmr-again", "bert")}
     same = pairs["xlmr", "xlmr-again"]
     assert (same["queries"], same["k"], same["top_k_overlap"], same["kendall_tau"]) == (48, 5, 1.0, 1.0)
+    assert (same["ndcg_change"], same["queries_worse"], same["queries_better"], same["p_value"]) == (0.0, 0, 0, None)
     other = pairs["xlmr", "bert"]
     assert other["top_k_overlap"] < 1.0 and 0.0 < other["kendall_tau"] < 1.0  # two models: related, not equal
+    assert other["ndcg_change"] == pytest.approx(systems["bert"]["nDCG@10"] - xlmr["nDCG@10"])
+    assert len(other["most_worse"]) == min(5, other["queries_worse"])
+    assert other["queries_worse"] + other["queries_better"] > 0 and 0.0 < other["p_value"] <= 1.0
 
     markdown = report_md.read_text(encoding="utf-8")
     assert f"| xlmr (reranker@grpc://{triton_server.grpc_url}) | {xlmr['nDCG@10']:.3f} (+" in markdown

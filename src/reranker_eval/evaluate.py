@@ -9,6 +9,7 @@ scores keep the first-stage order, as ``reranker_common.agreement.top_k`` does.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,8 @@ __all__ = [
     "measure",
     "rerank_order",
 ]
+
+PROGRESS_EVERY_S = 10.0
 
 FIRST_STAGE = "first-stage"
 """The name of the candidates' own order in the report."""
@@ -84,7 +87,7 @@ class SystemResult:
 
 @dataclass(frozen=True)
 class PairAgreement:
-    """How two deployments' scores agree, averaged over every scored query."""
+    """How two deployments agree: their scores over every scored query, their nDCG@10 over the judged ones."""
 
     reference: str
     candidate: str
@@ -92,6 +95,15 @@ class PairAgreement:
     k: int
     top_k_overlap: float
     kendall_tau: float
+    ndcg_change: float | None
+    """Mean of candidate minus reference nDCG@10 per judged query; ``None`` without judged queries."""
+    queries_worse: int
+    """Judged queries whose nDCG@10 is lower with the candidate."""
+    queries_better: int
+    p_value: float | None
+    """Two-sided paired t-test of the per-query nDCG@10; ``None`` when the differences do not vary."""
+    most_worse: tuple[str, ...]
+    """Up to five query ids with the largest nDCG@10 drops, largest first: where to look."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +199,8 @@ def evaluate(
         )
     say = progress or (lambda _line: None)
     total = len(dataset)
-    step = max(1, total // 20)
+    step = max(1, total // 10)
+    last_line = time.monotonic()
     collected = _Collected(scores={name: {} for name in names})
     say(f"scoring {total} queries of {dataset.name} on {len(deployments)} deployment(s): {', '.join(names)}")
     pairs = 0
@@ -198,29 +211,61 @@ def evaluate(
         for name, values in scores.items():
             collected.scores[name][query.query_id] = values
         pairs += len(query.candidates)
-        if count % step == 0 or count == total:
+        # A line per tenth of the set, and at least every PROGRESS_EVERY_S on large sets.
+        if count % step == 0 or count == total or time.monotonic() - last_line > PROGRESS_EVERY_S:
+            last_line = time.monotonic()
             bar = "#" * (20 * count // max(total, 1))
-            say(f"[{bar:<20}] {count}/{total} queries, {pairs} candidates each deployment")
+            say(f"[{bar:<20}] {count}/{total} queries, {pairs} pairs scored per deployment")
     return _report(dataset, deployments, collected, pairs=pairs, agreement_k=agreement_k)
+
+
+def _paired(
+    reference: Mapping[str, float], candidate: Mapping[str, float]
+) -> tuple[float | None, int, int, float | None, tuple[str, ...]]:
+    """Change of per-query nDCG@10 from ``reference`` to ``candidate``: mean, worse, better, p, worst ids."""
+    from scipy.stats import ttest_rel
+
+    if not reference:
+        return None, 0, 0, None, ()
+    queries = list(reference)
+    before = np.array([reference[q] for q in queries])
+    after = np.array([candidate[q] for q in queries])
+    change = after - before
+    p_value = None
+    if len(queries) > 1 and np.ptp(change) > 1e-12:
+        p_value = float(ttest_rel(after, before).pvalue)
+    worst = sorted((c, i) for i, c in enumerate(change) if c < 0)[:5]
+    return (
+        float(change.mean()),
+        int((change < 0).sum()),
+        int((change > 0).sum()),
+        p_value,
+        tuple(queries[i] for _, i in worst),
+    )
 
 
 def _report(
     dataset: EvalSet, deployments: Sequence[Deployment], collected: _Collected, *, pairs: int, agreement_k: int
 ) -> EvalReport:
-    def means(rankings: Mapping[str, Sequence[str]]) -> dict[str, float]:
-        if not collected.qrels:
+    judged = list(collected.qrels)
+    ndcg: dict[str, dict[str, float]] = {}
+
+    def means(name: str, rankings: Mapping[str, Sequence[str]]) -> dict[str, float]:
+        if not judged:
+            ndcg[name] = {}
             return {}
         per_query = measure(collected.qrels, rankings)
-        # Every judged query has a ranking, so each mean is over all of them.
-        return {
-            name: float(np.mean([values.get(q, 0.0) for q in collected.qrels])) for name, values in per_query.items()
-        }
+        # A judged query that a measure leaves out (none should) counts as 0, as trec_eval -c does.
+        ndcg[name] = {q: per_query["nDCG@10"].get(q, 0.0) for q in judged}
+        return {m: float(np.mean([values.get(q, 0.0) for q in judged])) for m, values in per_query.items()}
 
-    systems = [SystemResult(name=FIRST_STAGE, address=None, measures=means(collected.doc_ids))]
+    systems = [SystemResult(name=FIRST_STAGE, address=None, measures=means(FIRST_STAGE, collected.doc_ids))]
     for deployment in deployments:
         scores = collected.scores[deployment.name]
         rankings = {qid: [docs[i] for i in rerank_order(scores[qid])] for qid, docs in collected.doc_ids.items()}
-        systems.append(SystemResult(name=deployment.name, address=deployment.address, measures=means(rankings)))
+        systems.append(
+            SystemResult(name=deployment.name, address=deployment.address, measures=means(deployment.name, rankings))
+        )
 
     order = list(collected.doc_ids)
     pairs_agreement = []
@@ -230,6 +275,7 @@ def _report(
             [collected.scores[candidate][q] for q in order],
             k=agreement_k,
         )
+        change, worse, better, p_value, most_worse = _paired(ndcg[reference], ndcg[candidate])
         pairs_agreement.append(
             PairAgreement(
                 reference=reference,
@@ -238,19 +284,24 @@ def _report(
                 k=result.k,
                 top_k_overlap=result.top_k_overlap,
                 kendall_tau=result.kendall_tau,
+                ndcg_change=change,
+                queries_worse=worse,
+                queries_better=better,
+                p_value=p_value,
+                most_worse=most_worse,
             )
         )
     notes = list(dataset.notes)
-    if len(order) > len(collected.qrels):
+    if len(order) > len(judged):
         notes.append(
-            f"{len(order) - len(collected.qrels)} queries have no relevant document: "
+            f"{len(order) - len(judged)} queries have no relevant document: "
             "left out of the measures, kept for agreement"
         )
     return EvalReport(
         dataset=dataset.name,
         format=dataset.format,
         queries=len(order),
-        judged=len(collected.qrels),
+        judged=len(judged),
         candidates=pairs,
         systems=tuple(systems),
         agreement=tuple(pairs_agreement),

@@ -64,12 +64,27 @@ def to_markdown(report: EvalReport) -> str:
             "",
             "## Agreement between deployments",
             "",
-            f"Means over {report.agreement[0].queries} queries: the share of the reference's top {k} that the "
-            f"candidate also ranks in its top {k}, and Kendall's tau-b of the two orders of all candidates.",
+            f"Top-{k} overlap: the share of the reference's top {k} that the candidate also ranks in its top {k}; "
+            "Kendall tau: Kendall's tau-b of the two orders of all candidates; both are means over "
+            f"{report.agreement[0].queries} queries. Δ nDCG@10: the candidate's mean change against the reference, "
+            "with the judged queries it makes worse and better, and the p-value of a two-sided paired t-test "
+            "(small: the change is unlikely to be chance).",
             "",
-            f"| reference | candidate | top-{k} overlap | Kendall tau |",
-            "|---|---|---:|---:|",
+            f"| reference | candidate | top-{k} overlap | Kendall tau | Δ nDCG@10 | worse / better | p-value |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for pair in report.agreement:
-            lines.append(f"| {pair.reference} | {pair.candidate} | {pair.top_k_overlap:.3f} | {pair.kendall_tau:.3f} |")
+            change = "n/a" if pair.ndcg_change is None else f"{pair.ndcg_change:+.4f}"
+            p_value = "n/a" if pair.p_value is None else f"{pair.p_value:.3g}"
+            lines.append(
+                f"| {pair.reference} | {pair.candidate} | {pair.top_k_overlap:.3f} | {pair.kendall_tau:.3f} | "
+                f"{change} | {pair.queries_worse} / {pair.queries_better} | {p_value} |"
+            )
+        worst = [pair for pair in report.agreement if pair.most_worse]
+        if worst:
+            lines += [""]
+            lines += [
+                f"Largest nDCG@10 drops, {pair.candidate} against {pair.reference}: {', '.join(pair.most_worse)}."
+                for pair in worst
+            ]
     return "\n".join(lines) + "\n"
