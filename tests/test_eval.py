@@ -264,6 +264,14 @@ def test_cli_usage_errors_exit_2_with_one_line(
     assert message in err and err.startswith("reranker-eval: error: ") and "Traceback" not in err
 
 
+def test_cli_refuses_a_set_without_judgments_for_one_deployment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_jsonl(tmp_path / "unjudged.jsonl", [{"query": "q", "candidates": ["a", "b"]}])
+    assert main(["--dataset", str(path), "--deployment", f"127.0.0.1:{free_port()}"]) == EXIT_USAGE
+    assert "no query has a relevant document, so there is nothing to measure" in capsys.readouterr().err
+
+
 def test_cli_help() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "reranker_eval.cli", "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -423,3 +431,32 @@ def test_unreachable_deployment_exits_1(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["--test-set", "--deployment", f"dead={dead}", "--wait", "0.5"]) == EXIT_FAILURE
     err = capsys.readouterr().err
     assert f"deployment 'dead' (reranker@grpc://{dead}) is not ready" in err and "Traceback" not in err
+
+
+def test_agreement_only_on_a_set_without_judgments(
+    triton_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No relevance at all: no ranking measures, but two deployments can still be compared."""
+    queries = list(test_set())[:5]
+    path = write_jsonl(
+        tmp_path / "unjudged.jsonl", [{"query": q.text, "candidates": [c.text for c in q.candidates]} for q in queries]
+    )
+    url = triton_server.grpc_url
+    argv = [
+        "--dataset",
+        str(path),
+        "--deployment",
+        f"a={url}",
+        "--deployment",
+        f"b={url}",
+        "--output",
+        str(tmp_path / "r.json"),
+    ]
+    assert main(argv) == EXIT_OK
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["judged"] == 0 and all(s["measures"] == {} for s in report["systems"])
+    (pair,) = report["agreement"]
+    assert (pair["queries"], pair["top_k_overlap"], pair["kendall_tau"], pair["ndcg_change"]) == (5, 1.0, 1.0, None)
+    out = capsys.readouterr().out
+    assert "## Ranking quality" not in out and "| a | b | 1.000 | 1.000 | n/a | 0 / 0 | n/a |" in out
+    assert "5 queries have no relevant document" in out

@@ -20,7 +20,7 @@ from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 from .dataset import DEFAULT_DEPTH, EvalSet, load_dataset, test_set
 from .deployments import Deployment, DeploymentSpec, open_deployment, parse_deployment
 from .errors import DatasetError, DeploymentError, ScoringError
-from .evaluate import FIRST_STAGE, evaluate
+from .evaluate import FIRST_STAGE, check_measurable, evaluate
 from .report import to_json, to_markdown
 
 PROG = "reranker-eval"
@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"{dataset.name}: {len(dataset)} queries ({dataset.judged} with a relevant document), {dataset.format} layout")
     for note in dataset.notes:
         say(f"note: {note}")
+    check_measurable(dataset, len(specs))  # before any server is called
     with _opened(specs, args.timeout) as deployments:
         for deployment in deployments:
             try:

@@ -33,6 +33,7 @@ __all__ = [
     "EvalReport",
     "PairAgreement",
     "SystemResult",
+    "check_measurable",
     "evaluate",
     "measure",
     "rerank_order",
@@ -171,6 +172,15 @@ def _bounded(
                 future.cancel()
 
 
+def check_measurable(dataset: EvalSet, deployments: int) -> None:
+    """Raise ``DatasetError`` when the run could report nothing: no judged query and no pair to compare."""
+    if dataset.judged == 0 and deployments < 2:
+        raise DatasetError(
+            f"{dataset.name}: no query has a relevant document, so there is nothing to measure "
+            "(add relevance judgments, or give two deployments to measure their agreement)"
+        )
+
+
 def evaluate(
     dataset: EvalSet,
     deployments: Sequence[Deployment],
@@ -192,11 +202,7 @@ def evaluate(
         raise ValueError(f"deployment names must be distinct and not {FIRST_STAGE!r}: {names}")
     if concurrency < 1 or agreement_k < 1:
         raise ValueError("concurrency and agreement_k must be at least 1")
-    if dataset.judged == 0 and len(deployments) < 2:
-        raise DatasetError(
-            f"{dataset.name}: no query has a relevant document, so there is nothing to measure "
-            "(add relevance judgments, or give two deployments to measure their agreement)"
-        )
+    check_measurable(dataset, len(deployments))
     say = progress or (lambda _line: None)
     total = len(dataset)
     step = max(1, total // 10)
