@@ -254,6 +254,8 @@ def test_deployment_specs() -> None:
         (["--test-set", "--deployment", "h:1", "--concurrency", "0"], "--concurrency must be at least 1"),
         (["--test-set", "--deployment", "h:1", "--run", "x.trec"], "--run and --split belong to --dataset"),
         (["--test-set", "--deployment", "h:1", "--output", "/nonexistent/r.json"], "does not exist"),
+        (["--test-set", "--deployment", "h:1", "--max-ndcg-drop", "0.01"], "--max-ndcg-drop needs"),
+        (["--test-set", "--deployment", "a=h:1", "--deployment", "b=h:2", "--max-ndcg-drop", "-1"], "non-negative"),
     ],
 )
 def test_cli_usage_errors_exit_2_with_one_line(
@@ -460,3 +462,23 @@ def test_agreement_only_on_a_set_without_judgments(
     out = capsys.readouterr().out
     assert "## Ranking quality" not in out and "| a | b | 1.000 | 1.000 | n/a | 0 / 0 | n/a |" in out
     assert "5 queries have no relevant document" in out
+
+
+def test_ndcg_gate_passes_and_fails_on_real_deployments(
+    triton_server: Any, bert_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BERT as the reference, XLM-R as the candidate: XLM-R's nDCG@10 is lower (0.970 against 0.989)."""
+    argv = [
+        "--test-set",
+        "--deployment",
+        f"bert={bert_server.grpc_url}",
+        "--deployment",
+        f"xlmr={triton_server.grpc_url}",
+    ]
+    assert main([*argv, "--max-ndcg-drop", "0.05"]) == EXIT_OK
+    assert "gate passed" in capsys.readouterr().err
+    assert main([*argv, "--max-ndcg-drop", "0.001"]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    assert "## Ranking quality" in captured.out  # the report is written either way
+    (line,) = [line for line in captured.err.splitlines() if "gate missed" in line]
+    assert line.startswith("reranker-eval: gate missed: xlmr: nDCG@10 ") and "below bert's" in line

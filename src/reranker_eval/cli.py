@@ -20,7 +20,7 @@ from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 from .dataset import DEFAULT_DEPTH, EvalSet, load_dataset, test_set
 from .deployments import Deployment, DeploymentSpec, open_deployment, parse_deployment
 from .errors import DatasetError, DeploymentError, ScoringError
-from .evaluate import FIRST_STAGE, check_measurable, evaluate
+from .evaluate import FIRST_STAGE, check_measurable, evaluate, ndcg_gate
 from .report import to_json, to_markdown
 
 PROG = "reranker-eval"
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure ranking quality (nDCG@10, Recall@1/3/5/10, MRR@10) of the first-stage order and of "
         "each reranker deployment on a dataset, and how the deployments agree (top-k overlap, Kendall tau). "
         "The Markdown report goes to stdout, progress to stderr.",
-        epilog="Formats and the report: docs/eval.md. Exit status: 0 done, 1 a deployment failed, 2 bad input.",
+        epilog="Formats and the report: docs/eval.md. Exit status: 0 done, 1 a deployment failed or the "
+        "--max-ndcg-drop gate was missed, 2 bad input.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -66,16 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="BEIR only: the first-stage run, a TREC run file or a .jsonl of {query_id, doc_ids} "
         "(default: run.trec or candidates.jsonl in the dataset folder)",
     )
-    parser.add_argument("--split", default="test", help="BEIR only: the qrels split (default: %(default)s)")
+    parser.add_argument(
+        "--split", default="test", metavar="NAME", help="BEIR only: the qrels split (default: %(default)s)"
+    )
     parser.add_argument(
         "--depth",
         type=int,
         default=DEFAULT_DEPTH,
+        metavar="N",
         help="BEIR only: candidates per query taken from the run (default: %(default)s)",
     )
-    parser.add_argument("--model", default="reranker", help="the ensemble's name (default: %(default)s)")
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="deadline of one query's scoring, seconds (default: %(default)s)"
+        "--model", default="reranker", metavar="NAME", help="the ensemble's name (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="deadline of one query's scoring, seconds (default: %(default)s)",
     )
     parser.add_argument(
         "--wait",
@@ -87,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=4, help="queries in flight at once (default: %(default)s)")
     parser.add_argument(
         "--agreement-k", type=int, default=5, metavar="K", help="the k of the top-k overlap (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-ndcg-drop",
+        type=float,
+        metavar="X",
+        help="a gate: exit 1 when a deployment's nDCG@10 is more than X below the first deployment's "
+        "(e.g. 0.01 for INT8 against FP32); the reports are written either way",
     )
     parser.add_argument("--output", type=Path, metavar="FILE", help="write the JSON report here")
     parser.add_argument(
@@ -103,6 +120,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--depth must be at least 1, got {args.depth}")
     if args.timeout <= 0 or args.wait < 0:
         raise UsageError("--timeout must be positive and --wait not negative")
+    if args.max_ndcg_drop is not None and (args.max_ndcg_drop < 0 or len(args.deployment) < 2):
+        raise UsageError(
+            "--max-ndcg-drop needs a non-negative X and two deployments or more (the first is the reference)"
+        )
     for flag, path in (("--output", args.output), ("--markdown", args.markdown)):
         if path is not None and not path.parent.is_dir():
             raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
@@ -168,6 +189,13 @@ def run(args: argparse.Namespace) -> int:
         say(f"Markdown report: {args.markdown}")
     else:
         sys.stdout.write(markdown)
+    if args.max_ndcg_drop is not None:
+        failures = ndcg_gate(report, args.max_ndcg_drop)
+        for line in failures:
+            print(f"{PROG}: gate missed: {line}", file=sys.stderr)
+        if failures:
+            return EXIT_FAILURE
+        say(f"gate passed: no deployment is more than {args.max_ndcg_drop} nDCG@10 below {report.systems[1].name}")
     return EXIT_OK
 
 

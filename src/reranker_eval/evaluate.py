@@ -36,6 +36,7 @@ __all__ = [
     "check_measurable",
     "evaluate",
     "measure",
+    "ndcg_gate",
     "rerank_order",
 ]
 
@@ -313,3 +314,20 @@ def _report(
         agreement=tuple(pairs_agreement),
         notes=tuple(notes),
     )
+
+
+def ndcg_gate(report: EvalReport, max_drop: float) -> list[str]:
+    """One line per deployment whose nDCG@10 is more than ``max_drop`` below the first deployment's.
+
+    The first deployment is the reference (FP32, say); an empty list means every other one passed.
+    """
+    reference, *others = report.systems[1:]
+    if "nDCG@10" not in reference.measures:
+        raise DatasetError(f"{report.dataset}: the nDCG@10 gate needs queries with a relevant document")
+    base = reference.measures["nDCG@10"]
+    return [
+        f"{system.name}: nDCG@10 {value:.4f} is {base - value:.4f} below {reference.name}'s {base:.4f} "
+        f"(allowed: {max_drop})"
+        for system in others
+        if base - (value := system.measures["nDCG@10"]) > max_drop
+    ]
