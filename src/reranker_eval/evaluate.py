@@ -53,7 +53,8 @@ MEASURES: dict[str, ir_measures.Measure] = {
     "Recall@10": R @ 10,
     "MRR@10": RR @ 10,
 }
-"""Report name -> ir-measures measure. Recall and MRR count relevance >= 1 as relevant; nDCG uses the grades."""
+"""Report name -> ir-measures measure (pytrec_eval computes nDCG and R, the MS MARCO provider RR).
+Recall and MRR count relevance >= 1 as relevant; nDCG uses the grades as gains."""
 
 
 def rerank_order(scores: Sequence[float] | np.ndarray) -> list[int]:
