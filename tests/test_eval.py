@@ -219,11 +219,14 @@ def test_measures_match_a_hand_worked_example() -> None:
 
 def test_equal_scores_keep_the_first_stage_order() -> None:
     assert rerank_order([0.5, 0.9, 0.5]) == [1, 0, 2]
-    # Given equal scores, trec_eval (under ir-measures) orders by document id: "a" before "b".
-    tied = ir_measures.calc_aggregate([ir_measures.RR @ 10], {"q": {"b": 1}}, {"q": {"b": 0.0, "a": 0.0}})
-    assert tied[ir_measures.RR @ 10] == 0.5
-    # The eval hands it the ranking itself, so the first-stage order ("b" first) stands.
+    # Given equal scores, ir-measures' providers order by document id, and not even the same way:
+    # its MS MARCO provider (RR) puts "a" first, pytrec_eval (nDCG) puts "b" first.
+    tied = {"q": {"b": 0.0, "a": 0.0}}
+    assert ir_measures.calc_aggregate([ir_measures.RR @ 10], {"q": {"b": 1}}, tied)[ir_measures.RR @ 10] == 0.5
+    assert ir_measures.calc_aggregate([ir_measures.nDCG @ 10], {"q": {"a": 1}}, tied)[ir_measures.nDCG @ 10] < 1.0
+    # The eval hands it the ranking itself, so the first-stage order stands for every measure.
     assert measure({"q": {"b": 1}}, {"q": ["b", "a"]})["MRR@10"] == {"q": 1.0}
+    assert measure({"q": {"a": 1}}, {"q": ["a", "b"]})["nDCG@10"] == {"q": 1.0}
 
 
 # --------------------------------------------------------------------------------------------

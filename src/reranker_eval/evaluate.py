@@ -2,8 +2,9 @@
 measures, ``reranker_common.agreement`` for how deployments agree.
 
 Rankings are turned into runs with strictly decreasing scores (``n - position``) before they reach
-ir-measures: trec_eval, under it, breaks equal scores by document id, while here equal reranker
-scores keep the first-stage order, as ``reranker_common.agreement.top_k`` does.
+ir-measures: its providers break equal scores by document id (pytrec_eval one way, the MS MARCO
+provider the other), while here equal reranker scores keep the first-stage order, as
+``reranker_common.agreement.top_k`` does.
 """
 
 from __future__ import annotations
