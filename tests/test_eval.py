@@ -485,3 +485,22 @@ def test_ndcg_gate_passes_and_fails_on_real_deployments(
     assert "## Ranking quality" in captured.out  # the report is written either way
     (line,) = [line for line in captured.err.splitlines() if "gate missed" in line]
     assert line.startswith("reranker-eval: gate missed: xlmr: nDCG@10 ") and "below bert's" in line
+
+
+def test_a_request_the_server_rejects_exits_1_naming_the_query(
+    triton_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server's query limit is 8192 bytes: the second query breaks it, the run stops with its id."""
+    records = [
+        {
+            "id": "fine",
+            "query": "why is the train late",
+            "candidates": [{"text": "The train is late.", "relevance": 1}],
+        },
+        {"id": "huge", "query": "train " * 2000, "candidates": [{"text": "The train is late.", "relevance": 1}]},
+    ]
+    path = write_jsonl(tmp_path / "set.jsonl", records)
+    assert main(["--dataset", str(path), "--deployment", f"xlmr={triton_server.grpc_url}"]) == EXIT_FAILURE
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("reranker-eval: deployment 'xlmr' (reranker@grpc://") and "on query 'huge'" in err
+    assert "InvalidInputError" in err
