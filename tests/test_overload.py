@@ -236,3 +236,21 @@ def test_invalid_input_is_never_retried(overload_server: Any, caplog: pytest.Log
         client.score(QUERY, ["a document"] * 100)
     assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_the_canary_jumps_the_queue_of_a_busy_server(overload_server: Any) -> None:
+    """A liveness probe must not fail because the server is busy: the canary is served first."""
+
+    async def run() -> tuple[bool, int]:
+        async with AsyncRerankerClient(overload_server.grpc_url, timeout=120, retries=RetryPolicy.disabled()) as c:
+            backlog = [asyncio.ensure_future(c.score(QUERY, DOCUMENTS)) for _ in range(QUEUE_SIZE)]
+            await asyncio.sleep(0)  # the backlog is sent first
+            result = await c.canary(timeout=60)
+            pending = sum(not task.done() for task in backlog)
+            await asyncio.gather(*backlog, return_exceptions=True)
+            return result.healthy, pending
+
+    healthy, pending = asyncio.run(run())
+    assert healthy
+    # It came back while most of the backlog, sent before it, still waited.
+    assert pending >= QUEUE_SIZE // 2

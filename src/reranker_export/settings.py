@@ -14,7 +14,13 @@ from reranker_client.config import (
     ATTENTION_MASK as ATTENTION_MASK,
 )
 from reranker_client.config import (
+    CANARY_PRIORITY as CANARY_PRIORITY,
+)
+from reranker_client.config import (
     CORE_MODEL_NAME as CORE_MODEL_NAME,
+)
+from reranker_client.config import (
+    DEFAULT_PRIORITY as DEFAULT_PRIORITY,
 )
 from reranker_client.config import (
     DOCUMENT_INDEX as DOCUMENT_INDEX,
