@@ -1045,6 +1045,22 @@ def _balanced(expr: str) -> bool:
     return not stack
 
 
+def test_shedding_has_its_alert() -> None:
+    """Requests the steps' queues refuse (Triton's REJECTED) have a ratio and an alert."""
+    rules = {
+        rule.get("record") or rule.get("alert"): rule
+        for group in find(rendered("gpu-tensorrt"), "PrometheusRule")["spec"]["groups"]
+        for rule in group["rules"]
+    }
+    ratio = rules["reranker:request_shed_ratio:rate5m"]["expr"]
+    assert 'reason="REJECTED"' in ratio
+    for step in ("reranker_tokenizer", "reranker_model"):
+        assert step in ratio
+    alert = rules["RerankerShedding"]
+    assert alert["expr"].startswith("reranker:request_shed_ratio:rate5m >")
+    assert "OverloadedError" in alert["annotations"]["description"]
+
+
 def test_hpa_scales_on_the_adapter_metric() -> None:
     (rule,) = _adapter_rules()
     assert "<<.LabelMatchers>>" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
