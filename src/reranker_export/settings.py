@@ -130,7 +130,7 @@ class QueueSettings:
     Each step's queue is therefore bounded, and a request that waits too long is rejected
     (UNAVAILABLE, ``timeout_action: REJECT``) instead of computed. Callers lower the wait with their
     own deadline (``allow_timeout_override``; the Python client sends it), never raise it past
-    ``timeout_us``. Sizing: docs/serve.md, "Overload".
+    ``timeout_us``. Sizing: docs/overload.md.
     """
 
     max_queue_size: int = 128
