@@ -17,7 +17,7 @@ and 96 passages (two per topic and language).
   which is grouped by topic and would leak the answer.
 
 A test (tests/test_eval.py) runs this script and checks the shipped files are what it writes.
-Needs the dev environment (scikit-learn comes with the bench extra).
+Needs the dev environment (scikit-learn is in the dev extra).
 """
 
 from __future__ import annotations
