@@ -119,6 +119,29 @@ def test_retry_budget_allows_the_floor_then_a_share_of_the_requests() -> None:
             RetryBudget(**bad)
 
 
+def test_a_dead_stubs_retries_are_outside_the_budget() -> None:
+    """A zombie replica's INTERNAL is retried (on another replica) even with the budget spent;
+    a shed is not."""
+    import random
+
+    from reranker_client._core import Deadline, RetryState
+
+    policy = RetryPolicy(budget=RetryBudget(ratio=0.0, min_retries=0))
+    budget = RetryBudgetState(policy.budget)  # type: ignore[arg-type]
+    stub = InferenceServerException("Stub process 'reranker_model_0_0' is not healthy.", "StatusCode.INTERNAL")
+    shed = InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
+    for error, retried in ((stub, True), (shed, False)):
+        state = RetryState(policy, Deadline(30), "infer", random.Random(0), budget)
+        state.attempt_timeout()
+        mapped, delay = state.on_error(error)
+        assert (delay is not None) is retried, error
+    assert "retry budget is spent" in str(mapped)
+    no_stub_retries = RetryPolicy(retry_stub_failures=False)
+    state = RetryState(no_stub_retries, Deadline(30), "infer", random.Random(0))
+    state.attempt_timeout()
+    assert state.on_error(stub)[1] is None
+
+
 # -- against the overloaded server ------------------------------------------------------------------
 
 

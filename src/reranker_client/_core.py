@@ -177,7 +177,9 @@ class RetryState:
             why = "retries exhausted"
         elif delay >= self.deadline.remaining():
             why = "no time left before the deadline"
-        elif self.budget is not None and not self.budget.try_retry():
+        elif self.budget is not None and not is_stub_failure(error) and not self.budget.try_retry():
+            # (A dead stub's INTERNAL costs its server nothing, and under round_robin the retry
+            # goes to another replica: the budget guards overloaded servers, not these.)
             why = "the client's retry budget is spent"
         if not why:
             name = mapped.code.name if mapped.code is not None else "error"

@@ -77,7 +77,9 @@ class RetryBudget:
 
     Over the last ``window_s`` seconds, retries may number at most ``ratio`` times the requests
     sent, or ``min_retries``, whichever is larger: the floor lets a quiet client ride out a
-    restart, the ratio caps a busy one at ``1 + ratio`` attempts per request.
+    restart, the ratio caps a busy one at ``1 + ratio`` attempts per request. Retries of a dead
+    stub's INTERNAL are not counted: the failing replica spent nothing on them, and the retry
+    goes to another one.
     """
 
     ratio: float = 0.1
