@@ -9,7 +9,11 @@ before either is imported (Haystack decides at import time), and the test checks
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ import pytest
 
 from reranker_client import RerankerClient
 from reranker_common import free_port
-from support import RunningGateway, start_gateway
+from support import ROOT, RunningGateway, start_gateway
 
 os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"
 os.environ["LANGSMITH_TRACING"] = "false"
@@ -143,3 +147,39 @@ def test_sdk_api_key_is_the_bearer_token(keyed: RunningGateway, example: Any, wa
         cohere.ClientV2(api_key="not-the-key", base_url=keyed.url).rerank(
             model=MODEL, query="q", documents=["a"], request_options={"max_retries": 0}
         )
+
+
+# -- the examples of docs/gateway.md, as written (only the base URL is this test's gateway) --------
+
+DOCS = ROOT / "docs" / "gateway.md"
+DOCS_URL = "http://localhost:8080"
+TRAIN = "A railway ticket for children is cheaper, and dogs travel for free on the train."
+
+
+def docs_example(language: str, marker: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    (block,) = [b for b in blocks if marker in b]
+    assert DOCS_URL in block
+    return block
+
+
+def run_example(gateway: RunningGateway, command: list[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_docs_curl_example(gateway: RunningGateway) -> None:
+    block = docs_example("bash", "curl -s").replace(DOCS_URL, gateway.url)
+    body = json.loads(run_example(gateway, ["bash", "-c", block]))
+    assert len(body["results"]) == 2 and body["results"][0]["index"] == 1  # top 2, the train passage first
+    assert body["results"][0]["document"] == {"text": TRAIN} and body["results"][0]["relevance_score"] > 0.5
+
+
+@pytest.mark.parametrize("marker", ["cohere.ClientV2(", "CohereRerank("])
+def test_docs_python_examples(gateway: RunningGateway, marker: str) -> None:
+    code = docs_example("python", marker).replace(DOCS_URL, gateway.url)
+    lines = run_example(gateway, [sys.executable, "-c", code]).splitlines()
+    assert len(lines) == 2  # top_n=2
+    first = lines[0].split(" ", 1)
+    assert first[0] == "1" if marker.startswith("cohere") else first[1] == TRAIN
