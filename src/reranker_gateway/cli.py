@@ -32,6 +32,7 @@ PROG = "reranker-gateway"
 TRITON_ENV = "RERANKER_URL"
 KEYS_ENV = "RERANKER_GATEWAY_API_KEYS"
 OPENAPI_PLACEHOLDER_URL = "localhost:8001"
+DEFAULT_KEEP_ALIVE_S = 75  # above common load-balancer idle timeouts (60 s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--health-timeout", type=float, default=DEFAULT_HEALTH_TIMEOUT_S, help="seconds the /health canary may take"
     )
+    parser.add_argument(
+        "--keep-alive",
+        type=int,
+        default=DEFAULT_KEEP_ALIVE_S,
+        help="seconds an idle HTTP connection stays open; keep it above the idle timeout of the load balancer "
+        "or client pool in front (uvicorn's own default, 5 s, makes pooled clients hit closed connections)",
+    )
     parser.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -105,6 +113,8 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         raise UsageError(f"--triton HOST:PORT is required (or set ${TRITON_ENV})")
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    if args.keep_alive <= 0:
+        raise UsageError(f"--keep-alive must be positive, got {args.keep_alive}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
     extra = {"model_name": args.model_name} if args.model_name else {}
@@ -159,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
             server_header=False,
+            timeout_keep_alive=args.keep_alive,
         )
     except SystemExit as exc:  # uvicorn exits 3 when it cannot start (port in use, bad certificate)
         if exc.code not in (None, 0):
