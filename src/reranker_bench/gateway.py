@@ -73,6 +73,8 @@ class PathResult:
     p95_ms: float
     gateway_cpu_ms: float | None
     """CPU time of the gateway process per request (the gateway path only)."""
+    triton_cpu_ms: float | None = None
+    """CPU time of the Triton server per request (when the benchmark started it)."""
 
     @property
     def per_second(self) -> float:
@@ -91,6 +93,15 @@ class LevelComparison:
     @property
     def throughput_loss(self) -> float:
         return 1.0 - self.gateway.per_second / self.direct.per_second
+
+    @property
+    def cpu_bound_loss(self) -> float | None:
+        """The throughput a CPU-bound server loses to a gateway sharing its cores: gateway CPU over
+        gateway plus Triton CPU per request. Steadier than the measured loss on a busy machine."""
+        gateway, triton = self.gateway.gateway_cpu_ms, self.gateway.triton_cpu_ms
+        if gateway is None or triton is None:
+            return None
+        return gateway / (gateway + triton)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +134,7 @@ class GatewayBenchReport:
                 "gateway": {**asdict(level.gateway), "per_second": level.gateway.per_second},
                 "added_p50_ms": level.added_p50_ms,
                 "throughput_loss": level.throughput_loss,
+                "cpu_bound_loss": level.cpu_bound_loss,
             }
             for level in self.levels
         ]
@@ -137,18 +149,23 @@ class GatewayBenchReport:
 
 def format_gateway_report(report: GatewayBenchReport) -> str:
     lines = [
-        f"{'c':>3}  {'path':<13} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'gw CPU ms/req':>14}",
+        f"{'c':>3}  {'path':<13} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'gw CPU ms/req':>14} {'Triton CPU':>11}",
     ]
+
+    def cell(value: float | None, width: int) -> str:
+        return f"{value:{width}.2f}" if value is not None else " " * width
+
     for level in report.levels:
         for result in (level.direct, level.gateway):
-            cpu = f"{result.gateway_cpu_ms:14.2f}" if result.gateway_cpu_ms is not None else f"{'':>14}"
             lines.append(
                 f"{result.concurrency:>3}  {result.path:<13} {result.per_second:8.1f} "
-                f"{result.p50_ms:8.2f} {result.p95_ms:8.2f} {cpu}"
+                f"{result.p50_ms:8.2f} {result.p95_ms:8.2f} {cell(result.gateway_cpu_ms, 14)} "
+                f"{cell(result.triton_cpu_ms, 11)}"
             )
+        estimate = f", CPU-bound estimate {-level.cpu_bound_loss:+.1%}" if level.cpu_bound_loss is not None else ""
         lines.append(
             f"{'':>3}  added p50 {level.added_p50_ms:+.2f} ms, throughput {-level.throughput_loss:+.1%} "
-            f"(gateway/direct {1 - level.throughput_loss:.3f})"
+            f"(gateway/direct {1 - level.throughput_loss:.3f}){estimate}"
         )
     missed = report.missed()
     lines.append("targets: met" if not missed else "targets missed: " + "; ".join(missed))
@@ -182,7 +199,12 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _measure(
-    settings: GatewayBenchSettings, triton_url: str, gateway_url: str, gateway_cpu: Callable[[], float], say: Progress
+    settings: GatewayBenchSettings,
+    triton_url: str,
+    gateway_url: str,
+    gateway_cpu: Callable[[], float],
+    triton_cpu: Callable[[], float] | None,
+    say: Progress,
 ) -> tuple[LevelComparison, ...]:
     import aiohttp
 
@@ -224,16 +246,22 @@ async def _measure(
             await _run(call, concurrency=max(settings.concurrency), indices=list(range(settings.warmup)))
         for concurrency in settings.concurrency:
             per_round = settings.requests // settings.rounds
-            samples: dict[str, tuple[float, list[float], float]] = {DIRECT: (0.0, [], 0.0), GATEWAY: (0.0, [], 0.0)}
+            samples = {name: (0.0, list[float](), 0.0, 0.0) for name in (DIRECT, GATEWAY)}
+            server_cpu = triton_cpu or (lambda: 0.0)
             for round_number in range(settings.rounds):
                 indices = list(range(round_number * per_round, (round_number + 1) * per_round))
                 for name, call in ((DIRECT, direct), (GATEWAY, gateway)):
-                    cpu_before = gateway_cpu()
+                    cpu_before, server_before = gateway_cpu(), server_cpu()
                     seconds, latencies = await _run(call, concurrency=concurrency, indices=indices)
-                    total, kept, cpu = samples[name]
-                    samples[name] = (total + seconds, kept + latencies, cpu + gateway_cpu() - cpu_before)
+                    total, kept, cpu, server = samples[name]
+                    samples[name] = (
+                        total + seconds,
+                        kept + latencies,
+                        cpu + gateway_cpu() - cpu_before,
+                        server + server_cpu() - server_before,
+                    )
             results = {}
-            for name, (seconds, latencies, cpu) in samples.items():
+            for name, (seconds, latencies, cpu, server) in samples.items():
                 results[name] = PathResult(
                     path=name,
                     concurrency=concurrency,
@@ -242,6 +270,7 @@ async def _measure(
                     p50_ms=statistics.median(latencies) * 1000,
                     p95_ms=_percentile(latencies, 0.95),
                     gateway_cpu_ms=cpu / len(latencies) * 1000 if name == GATEWAY else None,
+                    triton_cpu_ms=server / len(latencies) * 1000 if triton_cpu is not None else None,
                 )
             level = LevelComparison(direct=results[DIRECT], gateway=results[GATEWAY])
             say(
@@ -314,22 +343,27 @@ def run_gateway_benchmark(settings: GatewayBenchSettings, *, command: str, progr
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     log = settings.work_dir / "gateway.log"
-    with _triton(settings, progress) as triton_url, _gateway(triton_url, log, settings.extra_gateway_args) as gateway:
+    with (
+        _triton(settings, progress) as (triton_url, triton_pid),
+        _gateway(triton_url, log, settings.extra_gateway_args) as gateway,
+    ):
         url, pid = gateway
         progress(f"gateway {url} (pid {pid}) -> Triton {triton_url}")
-        levels = asyncio.run(_measure(settings, triton_url, url, process_tree_cpu(pid), progress))
+        triton_cpu = process_tree_cpu(triton_pid) if triton_pid is not None else None
+        levels = asyncio.run(_measure(settings, triton_url, url, process_tree_cpu(pid), triton_cpu, progress))
     described = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
     return GatewayBenchReport(command=command, machine=machine_info(), settings=described, levels=levels)
 
 
 @contextmanager
-def _triton(settings: GatewayBenchSettings, say: Progress) -> Iterator[str]:
+def _triton(settings: GatewayBenchSettings, say: Progress) -> Iterator[tuple[str, int | None]]:
+    """Triton's gRPC URL, and its pid when this benchmark started it."""
     if settings.triton_url is not None:
-        yield settings.triton_url
+        yield settings.triton_url, None
         return
     from reranker_serve import TritonServer
 
     repository = settings.repository or _test_repository(settings.work_dir, say)
     say(f"starting Triton on {repository}")
     with TritonServer(repository, log_file=settings.work_dir / "tritonserver.log") as server:
-        yield server.grpc_url
+        yield server.grpc_url, server.pid

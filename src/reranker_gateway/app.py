@@ -157,7 +157,7 @@ def _error_json(path: str, status: int, message: str, headers: dict[str, str] | 
 
 
 def _error_response(request: Request, status: int, message: str, reason: str, **extra: Any) -> JSONResponse:
-    request.state.__setattr__(REASON_KEY, reason)
+    setattr(request.state, REASON_KEY, reason)
     return _error_json(request.url.path, status, message, extra.pop("headers", None), **extra)
 
 
@@ -331,7 +331,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         body = {"status": "ok" if canary.healthy else "unhealthy", "canary_ms": round(canary.seconds * 1000, 3)}
         if canary.healthy:
             return JSONResponse(body)
-        request.state.__setattr__(REASON_KEY, "unhealthy")
+        setattr(request.state, REASON_KEY, "unhealthy")
         headers = {"Retry-After": str(settings.retry_after_s)}
         return JSONResponse({**body, "error": canary.error}, status_code=503, headers=headers)
 
