@@ -349,7 +349,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 "model": settings.model_name,
                 "max_documents_per_request": settings.max_documents,
                 "max_body_bytes": settings.max_body_bytes,
-                "triton_url": settings.triton_url,
                 "triton_max_documents": limits.max_documents,
                 "max_length": limits.max_length,
                 "overflow": limits.overflow.value if limits.overflow is not None else None,

@@ -148,7 +148,6 @@ class ServerInfo(BaseModel):
     model: str
     max_documents_per_request: int = Field(description="Documents one HTTP request may carry.")
     max_body_bytes: int
-    triton_url: str
     triton_max_documents: int | None = Field(description="Documents per Triton request; larger lists are split.")
     max_length: int | None = Field(description="Tokens per (query, document) pair on the server.")
     overflow: str | None = Field(description="truncate or window: what the server does with long documents.")
