@@ -226,7 +226,8 @@ def test_bearer_keys_body_and_document_limits(guarded: RunningGateway) -> None:
 
 
 def test_unreachable_triton_is_503_with_retry_after(tmp_path: Path) -> None:
-    dead = start_gateway(f"127.0.0.1:{free_port()}", tmp_path, "--timeout", "1", "--health-timeout", "1")
+    # One attempt: the answer is the UNAVAILABLE itself, not a deadline that a retry's backoff ran into.
+    dead = start_gateway(f"127.0.0.1:{free_port()}", tmp_path, "--max-attempts", "1", "--health-timeout", "1")
     try:
         response = post(dead, "/v1/rerank", {"query": "q", "documents": ["a"]})
         assert response.status_code == 503 and response.headers["retry-after"] == "1"

@@ -92,7 +92,7 @@ def test_cohere_sdk_sees_typed_errors(gateway: RunningGateway, tmp_path: Path) -
     with pytest.raises(UnprocessableEntityError) as bad:
         client.rerank(model=MODEL, query="q", documents=["a"], top_n=0)
     assert bad.value.body["message"].startswith("top_n")
-    dead = start_gateway(f"127.0.0.1:{free_port()}", tmp_path, "--timeout", "0.5")
+    dead = start_gateway(f"127.0.0.1:{free_port()}", tmp_path, "--max-attempts", "1")
     try:
         unavailable = cohere.ClientV2(api_key=KEY, base_url=dead.url)
         with pytest.raises(ServiceUnavailableError) as shed:

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reranker_client import AsyncRerankerClient, RerankerError, RerankResult
+from reranker_client import AsyncRerankerClient, RerankerError, RerankResult, RetryPolicy
 
 from . import schemas
 from .errors import GatewayError, from_client_error
@@ -201,7 +201,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = AsyncRerankerClient(settings.triton_url, model=settings.triton_model, timeout=settings.timeout_s)
+        client = AsyncRerankerClient(
+            settings.triton_url,
+            model=settings.triton_model,
+            timeout=settings.timeout_s,
+            retries=RetryPolicy(max_attempts=settings.max_attempts),
+        )
         app.state.gateway = Gateway(settings, client, LimitsReader(settings.triton_url), metrics)
         try:
             yield

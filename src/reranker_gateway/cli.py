@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key-file", type=Path, default=None, help="accepted bearer tokens, one per line (# comments)"
     )
     parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        help="attempts per Triton request while it is unavailable (default: as many as --timeout allows)",
+    )
+    parser.add_argument(
         "--retry-after", type=int, default=DEFAULT_RETRY_AFTER_S, help="Retry-After seconds on 503 answers"
     )
     parser.add_argument(
@@ -127,6 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
             api_keys=read_api_keys(args.api_key_file),
             retry_after_s=args.retry_after,
             health_timeout_s=args.health_timeout,
+            max_attempts=args.max_attempts,
             **extra,
         )
     except ValueError as exc:

@@ -35,6 +35,9 @@ class GatewaySettings:
     """``Retry-After`` on 503 answers (Triton unavailable, overloaded or not ready)."""
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
     """Deadline of the canary rerank behind ``GET /health``."""
+    max_attempts: int | None = None
+    """Attempts per Triton request while it is UNAVAILABLE (the client's retries); ``None``: as many
+    as the deadline allows."""
 
     def __post_init__(self) -> None:
         if not self.triton_url:
@@ -47,5 +50,7 @@ class GatewaySettings:
         for name in ("max_documents", "max_body_bytes", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if any(not key or key != key.strip() for key in self.api_keys):
             raise ValueError("API keys must be non-empty and have no surrounding whitespace")
