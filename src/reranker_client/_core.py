@@ -251,8 +251,12 @@ class ClientCore:
             raise ValueError(f"timeout must be positive, got {timeout}")
         return Deadline(self.timeout if timeout is None else timeout)
 
-    def infer_kwargs(self, inputs: list[grpcclient.InferInput], attempt_timeout: float) -> dict[str, Any]:
+    def infer_kwargs(
+        self, inputs: list[grpcclient.InferInput], attempt_timeout: float, *, priority: int = 0
+    ) -> dict[str, Any]:
+        """``priority`` 0 leaves the model's default level; the canary asks for ``CANARY_PRIORITY``."""
         return {
+            "priority": priority,
             "model_name": self.model,
             "inputs": inputs,
             "outputs": self.outputs,

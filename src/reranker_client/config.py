@@ -26,6 +26,10 @@ TOKEN_TYPE_IDS = "token_type_ids"  # only for models whose tokenizer emits it (B
 DOCUMENT_INDEX = "document_index"  # window mode: which document each row belongs to
 LOGITS = "logits"
 MAX_DOCUMENTS_PARAMETER = "max_documents"
+# Triton request priorities of the steps' queues (1 is served first): health checks jump the
+# queue, so that a busy server is not mistaken for a broken one (and restarted under load).
+CANARY_PRIORITY = 1
+DEFAULT_PRIORITY = 2
 
 ChannelArgs = list[tuple[str, Any]]
 
