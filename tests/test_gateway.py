@@ -334,3 +334,23 @@ def test_cli_help_and_usage_errors(tmp_path: Path) -> None:
 def test_scores_are_finite_json_numbers(gateway: RunningGateway, example: Any) -> None:
     body = post(gateway, "/v1/rerank", {"query": example.query, "documents": list(example.documents)}).json()
     assert all(math.isfinite(item["relevance_score"]) for item in body["results"])
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "reason", "retry_after"),
+    [
+        ("InvalidInputError", 400, "invalid_input", False),
+        ("OverloadedError", 503, "overloaded", True),
+        ("ServerUnavailableError", 503, "serverunavailable", True),
+        ("ModelNotReadyError", 503, "model_not_ready", True),
+        ("DeadlineExceededError", 504, "deadline_exceeded", False),
+        ("ServerError", 502, "upstream_error", False),
+    ],
+)
+def test_every_client_error_has_its_status(error: str, status: int, reason: str, retry_after: bool) -> None:
+    import reranker_client
+    from reranker_gateway.errors import from_client_error
+
+    answer = from_client_error(getattr(reranker_client, error)("boom"), retry_after_s=2)
+    assert (answer.status, answer.reason) == (status, reason)
+    assert answer.headers == ({"Retry-After": "2"} if retry_after else {})
