@@ -110,11 +110,13 @@ class RunningGateway:
     log_path: Path
 
     def stop(self) -> None:
+        import subprocess
+
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=30)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
 

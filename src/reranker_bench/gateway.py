@@ -246,7 +246,9 @@ async def _measure(
             await _run(call, concurrency=max(settings.concurrency), indices=list(range(settings.warmup)))
         for concurrency in settings.concurrency:
             per_round = settings.requests // settings.rounds
-            samples = {name: (0.0, list[float](), 0.0, 0.0) for name in (DIRECT, GATEWAY)}
+            # Per path: wall seconds, latencies, gateway CPU seconds, Triton CPU seconds.
+            empty: tuple[float, list[float], float, float] = (0.0, [], 0.0, 0.0)
+            samples = {DIRECT: empty, GATEWAY: empty}
             server_cpu = triton_cpu or (lambda: 0.0)
             for round_number in range(settings.rounds):
                 indices = list(range(round_number * per_round, (round_number + 1) * per_round))
