@@ -94,20 +94,23 @@ class Trial:
     failure_examples: list[str] = field(default_factory=list)
 
 
-def kill_stubs(server_pid: int, model: str, *, timeout_s: float = 30.0) -> int:
-    """SIGKILL the python backend stubs serving ``model`` under ``server_pid``; how many died."""
-    stubs = [
-        process
-        for process in psutil.Process(server_pid).children(recursive=True)
-        if "triton_python_backend_stub" in " ".join(process.cmdline()) and any(model in a for a in process.cmdline())
-    ]
+def kill_stubs(server_pid: int, *models: str, timeout_s: float = 30.0) -> int:
+    """SIGKILL the python backend stubs serving any of ``models`` under ``server_pid``; how many died."""
+    stubs = []
+    for process in psutil.Process(server_pid).children(recursive=True):
+        try:
+            command = process.cmdline()
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue  # already dead (a stub killed before, not yet reaped)
+        if "triton_python_backend_stub" in " ".join(command) and any(m in a for m in models for a in command):
+            stubs.append(process)
     for stub in stubs:
         os.kill(stub.pid, signal.SIGKILL)
     # Dead at once; until Triton reaps them they are zombies (not our children to wait for).
     deadline, pause = time.monotonic() + timeout_s, threading.Event()
     while not all(_dead(stub) for stub in stubs):
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"the killed stubs of {model} are still running after {timeout_s:g} s")
+            raise BenchmarkError(f"the killed stubs of {', '.join(models)} are still running after {timeout_s:g} s")
         pause.wait(0.05)
     return len(stubs)
 
@@ -269,7 +272,7 @@ def run_trial(settings: HealSettings, number: int, progress: Progress) -> Trial:
             with _Load(client, rate) as load, _Probe(victim.grpc_url) as probe:
                 pause.wait(settings.settle_s)  # steady load before the fault
                 kill = time.monotonic()
-                killed = sum(kill_stubs(victim.server_pid, m) for m in (TOKENIZER_MODEL_NAME, CORE_MODEL_NAME))
+                killed = kill_stubs(victim.server_pid, TOKENIZER_MODEL_NAME, CORE_MODEL_NAME)
                 progress(f"trial {number}: killed {killed} stubs of replica 0 (server pid {victim.server_pid})")
                 deadline = kill + settings.heal_timeout_s
                 while victim.first_line("serving again", kill) is None and time.monotonic() < deadline:

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = HealingPolicy()
     heal = parser.add_argument_group(
-        "self-healing", "Defaults restart a server whose stub died about 20 s after the fault (docs/serve.md)."
+        "self-healing", "The defaults restart a server whose stub died within about 15 s of the fault (docs/serve.md)."
     )
     heal.add_argument(
         "--no-heal",
@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.canary_interval_s,
         metavar="S",
         help="seconds between canary reranks (default %(default)s)",
+    )
+    heal.add_argument(
+        "--failure-interval",
+        type=_positive,
+        default=defaults.failure_interval_s,
+        metavar="S",
+        help="seconds between canaries once one failed (default %(default)s)",
     )
     heal.add_argument(
         "--canary-timeout",
@@ -185,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             policy = HealingPolicy(
                 canary_interval_s=args.canary_interval,
+                failure_interval_s=args.failure_interval,
                 canary_timeout_s=args.canary_timeout,
                 canary_failures=args.canary_failures,
                 max_restarts=args.max_restarts,

@@ -31,14 +31,17 @@ class HealingError(ServeError):
 class HealingPolicy:
     """When the supervisor probes, when it gives up on the server, and how often it may restart it.
 
-    The defaults heal a zombie within about 20 s of a stub's death: the first failed canary comes
-    at most ``canary_interval_s`` after it, the ``canary_failures``-th one ``(K - 1)`` intervals
-    later (plus at most ``canary_timeout_s``), then the restart takes a few seconds. One slow
-    answer is not a dead server: K failures in a row are needed.
+    The defaults heal a zombie within about 15 s of a stub's death: the first failed canary comes
+    at most ``canary_interval_s`` after it, the ``canary_failures``-th one ``(K - 1)`` times
+    ``failure_interval_s`` later (each canary taking at most ``canary_timeout_s``), then the
+    restart takes a few seconds. One slow answer is not a dead server: K failures in a row are
+    needed, and they come quickly, since every second of a zombie fails its share of requests.
     """
 
     canary_interval_s: float = 5.0
     """Seconds from one canary's start to the next one's."""
+    failure_interval_s: float = 1.0
+    """Seconds between canaries once one has failed, until one passes or the server is restarted."""
     canary_timeout_s: float = 2.0
     """Deadline of one canary (one attempt, no retry); a canary rerank takes milliseconds."""
     canary_failures: int = 3
@@ -51,7 +54,7 @@ class HealingPolicy:
     its whole exit timeout for requests that cannot finish."""
 
     def __post_init__(self) -> None:
-        for name in ("canary_interval_s", "canary_timeout_s", "restart_window_s"):
+        for name in ("canary_interval_s", "failure_interval_s", "canary_timeout_s", "restart_window_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.canary_timeout_s > self.canary_interval_s:
@@ -159,7 +162,8 @@ class Supervisor:
                 elif time.monotonic() >= next_canary:
                     failure = self._probe()
                     if failure is None or self._failures < self.policy.canary_failures:
-                        next_canary += self.policy.canary_interval_s
+                        policy = self.policy
+                        next_canary += policy.canary_interval_s if failure is None else policy.failure_interval_s
                         continue
                     self._restart(RestartReason.CANARY, failure, self._first_failure_at, recent)
                 else:
