@@ -37,7 +37,8 @@ from reranker_serve import HealingPolicy, Restart, RestartReason, Supervisor, Tr
 RETRIES = RetryPolicy(budget=None)
 HEAL_BOUND_S = 30.0  # the issue's bound: a zombie is serving again within 30 s of the fault
 REQUESTS = 48
-LOAD_THREADS = 6
+LOAD_THREADS = 6  # closed-loop callers that measure the capacity
+IN_FLIGHT = 32  # the open loop's threads: requests that hang on a zombie must not hold back the rate
 
 
 def _requests() -> list[tuple[str, list[str]]]:
@@ -100,7 +101,7 @@ class Load:
         self.answers: list[tuple[int, np.ndarray]] = []
         self.failures: list[tuple[int, BaseException]] = []
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="load")
+        self._pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="load")
         self._thread = threading.Thread(target=self._issue, name="load")
 
     def _one(self, index: int) -> None:

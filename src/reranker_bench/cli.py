@@ -366,7 +366,7 @@ def _add_heal(commands: Any) -> None:
         "them through one client (default retries, round-robin) at --load-share of their capacity, "
         "SIGKILL the python stubs of the first replica and measure, from the kill: the first failed "
         "direct probe, the supervisor's detection and recovery, the first passing probe, and the "
-        "client-visible failures. Writes heal.json and the server logs to --output-dir.",
+        "client-visible failures. Writes heal.json, the server logs and reranker-serve's logs to --output-dir.",
         _heal_settings,
         _run_heal,
     )

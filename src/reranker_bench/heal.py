@@ -49,7 +49,8 @@ DOCUMENTS = (
     "Trains to the airport leave every fifteen minutes from platform four.",
     "The museum is closed on Mondays and open late on Thursdays.",
 )
-LOAD_THREADS = 6
+LOAD_THREADS = 6  # closed-loop callers that measure the capacity
+IN_FLIGHT = 64  # the open loop's threads: requests that hang on a zombie must not hold back the rate
 PROBE_PERIOD_S = 0.2
 PROBE_TIMEOUT_S = 2.0
 
@@ -152,6 +153,10 @@ class _Serve:
     def first_line(self, text: str, after: float) -> float | None:
         return next((at for at, line in list(self.lines) if at >= after and text in line), None)
 
+    def save_log(self, path: Path) -> None:
+        """reranker-serve's stderr (the supervisor's lines) as it printed them."""
+        path.write_text("".join(f"{line}\n" for _, line in self.lines), encoding="utf-8")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -160,6 +165,9 @@ class _Serve:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.join(timeout=10)  # the last lines, up to the end of the stream
 
 
 @contextmanager
@@ -167,7 +175,9 @@ def _replicas(settings: HealSettings, trial: int) -> Iterator[list[_Serve]]:
     with ExitStack() as stack:
         started: list[_Serve] = []
         for number in range(settings.replicas):
-            serve = _Serve(settings.repository, settings.output_dir / f"trial{trial}-replica{number}.log")
+            name = settings.output_dir / f"trial{trial}-replica{number}"
+            serve = _Serve(settings.repository, name.with_suffix(".triton.log"))
+            stack.callback(serve.save_log, name.with_suffix(".serve.log"))  # runs after the stop
             stack.callback(serve.stop)
             started.append(serve)
         yield started
@@ -185,7 +195,7 @@ class _Load:
         self.requests = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(LOAD_THREADS)
+        self._pool = ThreadPoolExecutor(IN_FLIGHT)
         self._thread = threading.Thread(target=self._issue)
 
     def _one(self, index: int) -> None:
