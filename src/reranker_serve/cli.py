@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = HealingPolicy()
     heal = parser.add_argument_group(
-        "self-healing", "The defaults restart a server whose stub died within about 15 s of the fault (docs/serve.md)."
+        "self-healing", "The defaults restart a server whose stub died within about 17 s of the fault (docs/serve.md)."
     )
     heal.add_argument(
         "--no-heal",

@@ -31,11 +31,12 @@ class HealingError(ServeError):
 class HealingPolicy:
     """When the supervisor probes, when it gives up on the server, and how often it may restart it.
 
-    The defaults heal a zombie within about 15 s of a stub's death: the first failed canary comes
-    at most ``canary_interval_s`` after it, the ``canary_failures``-th one ``(K - 1)`` times
-    ``failure_interval_s`` later (each canary taking at most ``canary_timeout_s``), then the
-    restart takes a few seconds. One slow answer is not a dead server: K failures in a row are
-    needed, and they come quickly, since every second of a zombie fails its share of requests.
+    The defaults heal a zombie within about 17 s of a stub's death: the first failed canary comes
+    at most ``canary_interval_s`` after it, the ``canary_failures``-th one at most ``(K - 1)``
+    times ``max(failure_interval_s, canary_timeout_s)`` later, so detection takes at most 11 s;
+    the restart takes a few seconds more. One slow answer is not a dead server: K failures in a
+    row are needed, and they come quickly, since every second of a zombie fails its share of
+    requests.
     """
 
     canary_interval_s: float = 5.0
