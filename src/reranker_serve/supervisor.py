@@ -223,7 +223,7 @@ class Supervisor:
         if len(recent) >= policy.max_restarts:
             raise HealingError(
                 f"tritonserver stopped serving again after {len(recent)} restart(s) within "
-                f"{policy.restart_window_s:g} s (--max-restarts {policy.max_restarts}); giving up. "
+                f"{policy.restart_window_s:g} s (at most {policy.max_restarts} allowed); giving up. "
                 f"Last failure: {detail} (server log: {self.server.log_path})"
             )
         recent.append(detected_at)
