@@ -46,6 +46,14 @@ def test_reference_server_refuses_a_directory_without_a_model(tmp_path: Path) ->
     ]
 
 
+def test_heal_refuses_a_repository_without_the_ensemble(tmp_path: Path) -> None:
+    done = _run("heal", "--repository", str(tmp_path), timeout=60)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.strip().splitlines() == [
+        f"reranker-bench: error: {tmp_path} has no 'reranker' ensemble (export a cpu-profile repository)"
+    ]
+
+
 def test_gpu_benchmark_says_so_and_stops_without_a_gpu(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

@@ -6,6 +6,7 @@
     reranker-bench reference-server ...    run the reference server (FastAPI + FlagReranker) alone
     reranker-bench gpu-check [OPTIONS]     one prepared run on a CUDA GPU machine (see reranker_bench.gpu_check)
     reranker-bench gateway [OPTIONS]       the HTTP gateway's overhead against direct gRPC, side by side
+    reranker-bench heal --repository R     kill a replica's python stubs under load: detection, recovery, failures
 
 Exit codes: 0 done, 1 the benchmark failed (or missed its target), 2 usage error, 130 interrupted.
 Progress goes to stderr, results to stdout.
@@ -39,8 +40,8 @@ from .serving import ServingBenchSettings, serving_settings
 
 PROG = "reranker-bench"
 COMPARE, SERVING, CLIENT, GPU_CHECK = "compare", "serving", "client", "gpu-check"
-GATEWAY = "gateway"
-COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, GATEWAY)
+GATEWAY, HEAL = "gateway", "heal"
+COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, GATEWAY, HEAL)
 DEFAULT_COMMAND = COMPARE
 
 Configure = Callable[[argparse.Namespace], Any]
@@ -414,6 +415,54 @@ def _run_gateway(settings: Any, args: argparse.Namespace, command: str, progress
     return EXIT_FAILURE if report.missed() else EXIT_OK
 
 
+# -- heal --------------------------------------------------------------------------------------
+
+
+def _add_heal(commands: Any) -> None:
+    parser = _subcommand(
+        commands,
+        HEAL,
+        "the stub-kill experiment: detection and recovery by reranker-serve's self-healing",
+        "Start --replicas reranker-serve processes (default healing) on a cpu-profile repository, load "
+        "them through one client (default retries, round-robin) at --load-share of their capacity, "
+        "SIGKILL the python stubs of the first replica and measure, from the kill: the first failed "
+        "direct probe, the supervisor's detection and recovery, the first passing probe, and the "
+        "client-visible failures. Writes heal.json, the server logs and reranker-serve's logs to --output-dir.",
+        _heal_settings,
+        _run_heal,
+    )
+    parser.add_argument("--repository", type=Path, required=True, help="a cpu-profile model repository")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--load-share", type=float, default=0.5, help="offered load / measured capacity")
+    parser.add_argument("--output-dir", type=Path, default=Path("heal-results"))
+
+
+def _heal_settings(args: argparse.Namespace) -> Any:
+    from .heal import HealSettings
+
+    settings = HealSettings(
+        repository=args.repository,
+        replicas=args.replicas,
+        trials=args.trials,
+        load_share=args.load_share,
+        output_dir=args.output_dir,
+    )
+    settings.check()
+    return settings
+
+
+def _run_heal(settings: Any, args: argparse.Namespace, command: str, progress: Progress) -> int:
+    from .heal import format_report, run
+    from .machine import describe_machine
+
+    report = run(settings, progress)
+    print(f"hardware: {describe_machine(report['machine'])}\ncommand: {command}\n{format_report(report)}")
+    if not report["healed_within_30s"]:
+        return _error("a replica was not serving again within 30 s of the kill", EXIT_FAILURE)
+    return EXIT_OK
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -432,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reference(commands)
     _add_gpu_check(commands)
     _add_gateway(commands)
+    _add_heal(commands)
     return parser
 
 
