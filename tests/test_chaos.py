@@ -4,8 +4,8 @@ Under a steady load of about half the pair's capacity, the stubs of one replica 
 SIGKILL (what the kernel's OOM killer does to a python process in a memory-limited pod: the
 server stays live and ready while every request fails), and later the other replica's whole
 server is killed. The supervisors (``reranker_serve.Supervisor``, default policy) must heal
-both within 30 s, and the client (its default retry policy) must hide both: no failure reaches the caller, and every answer is the one its own request gets
-alone. Timings come from the supervisors' records.
+both within 30 s, and the client (its default retry policy) must hide both: no failure reaches
+the caller, and every answer is the one its own request gets alone. Timings come from the supervisors' records.
 """
 
 from __future__ import annotations
