@@ -299,5 +299,6 @@ def test_gateway_benchmark_runs_against_a_real_server(triton_server: Any, tmp_pa
     assert [level.direct.concurrency for level in report.levels] == [1, 2]
     for level in report.levels:
         assert level.direct.requests == level.gateway.requests == 4
-        assert level.gateway.gateway_cpu_ms is not None and level.gateway.gateway_cpu_ms > 0
+        # Measured (the process's CPU clock ticks in 10 ms steps: four tiny requests may read 0).
+        assert level.gateway.gateway_cpu_ms is not None and level.gateway.gateway_cpu_ms >= 0
     assert json.loads(json.dumps(report.to_json()))["levels"][0]["concurrency"] == 1
