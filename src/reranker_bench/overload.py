@@ -37,6 +37,7 @@ from reranker_client import (
     AsyncRerankerClient,
     DeadlineExceededError,
     RerankerError,
+    ServerError,
     ServerUnavailableError,
 )
 from reranker_client.config import ENSEMBLE_NAME
@@ -55,8 +56,8 @@ HANG_GRACE_S = 5.0
 CAPACITY_TIMEOUT_S = 30.0
 """Deadline of the capacity run's requests: long, so it measures throughput, not shedding."""
 WARMUP_S = 3.0
-STABLE_STATS_S = 1.0
-"""Without a metrics endpoint, the backlog counts as drained once Triton's counts hold this long."""
+STABLE_STATS_S = 2.0
+"""The backlog counts as drained once no model's counts have moved for this long."""
 DEFAULT_CLOSED_LOOP = "16:2,32:1,64:1"
 """The issue's "before" table: 16 callers with a 2 s deadline, 32 and 64 with 1 s."""
 
@@ -171,6 +172,12 @@ def cpu_serving_settings(documents: int) -> ServingSettings:
 # -- one call, and the three ways of sending them ----------------------------------------------
 
 
+def error_label(error: RerankerError) -> str:
+    """The exception's class, and its gRPC code where the class does not say it (``ServerError CANCELLED``)."""
+    name = type(error).__name__
+    return f"{name} {error.code.name}" if isinstance(error, ServerError) and error.code is not None else name
+
+
 async def call(client: AsyncRerankerClient, request: Request, timeout_s: float) -> Outcome:
     """One request with the client deadline ``timeout_s``; how it ended, never an exception."""
     query, documents = request
@@ -179,11 +186,11 @@ async def call(client: AsyncRerankerClient, request: Request, timeout_s: float) 
     try:
         await asyncio.wait_for(client.score(query, documents, timeout=timeout_s), timeout_s + HANG_GRACE_S)
     except ServerUnavailableError as exc:  # OverloadedError, where it exists, is one of these
-        kind, error = Kind.SHED, type(exc).__name__
+        kind, error = Kind.SHED, error_label(exc)
     except DeadlineExceededError as exc:
-        kind, error = Kind.DEADLINE, type(exc).__name__
+        kind, error = Kind.DEADLINE, error_label(exc)
     except RerankerError as exc:
-        kind, error = Kind.OTHER, type(exc).__name__
+        kind, error = Kind.OTHER, error_label(exc)
     except TimeoutError:
         kind, error = Kind.HUNG, "no answer past the deadline"
     return Outcome(kind, time.perf_counter() - started, error)
@@ -340,31 +347,36 @@ class ServerProbe:
             failure_reasons=reasons,
         )
 
-    def pending(self) -> int | None:
-        """Requests queued or running in Triton, from ``nv_inference_pending_request_count``; ``None``: unknown."""
-        text = self.metrics()
-        if text is None:
-            return None
-        samples = parse_metrics(text, "nv_inference_pending_request_count")
-        return int(sum(value for _, value in samples)) if samples else None
+    def counts(self) -> tuple[int, ...]:
+        """Every model's finished requests and executions: they stop moving once the backlog is gone."""
+        models = self.client.get_inference_statistics(as_json=True)["model_stats"]
+        return tuple(
+            int(value)
+            for stats in models
+            for value in (
+                stats.get("inference_stats", {}).get("success", {}).get("count", 0),
+                stats.get("inference_stats", {}).get("fail", {}).get("count", 0),
+                stats.get("execution_count", 0),
+            )
+        )
 
     async def wait_drained(self, since: float, timeout_s: float) -> float | None:
-        """Seconds from ``since`` (``perf_counter``) until nothing is pending; ``None`` past ``timeout_s``."""
+        """Seconds from ``since`` (``perf_counter``) to the server's last finished request; ``None``: still busy.
+
+        Triton's ``nv_inference_pending_request_count`` is no help here: requests cancelled in a
+        queue stay counted as pending (Triton 2.51), so the backlog is gone once no model's
+        counts have moved for :data:`STABLE_STATS_S`.
+        """
         deadline = time.perf_counter() + timeout_s
-        last: tuple[int, int] | None = None
-        stable_since = time.perf_counter()
+        last = self.counts()
+        changed = time.perf_counter()
         while time.perf_counter() < deadline:
-            pending = self.pending()
-            if pending == 0:
-                return time.perf_counter() - since
-            if pending is None:  # no metrics: drained once the ensemble's counts stop moving
-                snap = self.snapshot()
-                counts = (snap.completed, snap.failed)
-                if counts != last:
-                    last, stable_since = counts, time.perf_counter()
-                elif time.perf_counter() - stable_since >= STABLE_STATS_S:
-                    return stable_since - since
             await asyncio.sleep(0.1)
+            counts = self.counts()
+            if counts != last:
+                last, changed = counts, time.perf_counter()
+            elif time.perf_counter() - changed >= STABLE_STATS_S:
+                return max(0.0, changed - since)
         return None
 
 
@@ -445,7 +457,8 @@ class _Bench:
         )
         self.progress(
             f"  {name}: sent {result.sent}, goodput {result.goodput_per_s:.1f} req/s, shed {result.shed}, "
-            f"deadline misses {result.count(Kind.DEADLINE)}; probe after the load "
+            f"deadline misses {result.count(Kind.DEADLINE)}, other {result.count(Kind.OTHER)}, "
+            f"hung {result.count(Kind.HUNG)}; probe after the load "
             f"{probe.seconds:.2f} s ({probe.kind.value}); backlog "
             + ("not drained" if drained is None else f"drained in {drained:.1f} s")
         )
