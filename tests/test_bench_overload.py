@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from reranker_bench.errors import BenchmarkError
-from reranker_bench.overload import CallerCase, OverloadSettings, parse_levels, parse_metrics, run_overload_benchmark
+from reranker_bench.overload import (
+    CallerCase,
+    OverloadSettings,
+    parse_levels,
+    parse_metrics,
+    run_overload_benchmark,
+    step_counters,
+)
 from reranker_bench.overload_report import (
     Capacity,
     Kind,
@@ -155,6 +162,8 @@ def test_metrics_are_parsed_by_name_and_labels() -> None:
             'nv_inference_request_failure{model="reranker_model",reason="REJECTED",version="1"} 12',
             'nv_inference_request_failure{model="reranker",reason="CANCELED",version="1"} 3',
             'nv_inference_pending_request_count{model="reranker_model",version="1"} 4',
+            'reranker_rows_skipped_total{step="reranker_model",version="1",model="reranker_model"} 350',
+            'reranker_requests_abandoned_total{reason="deadline",step="reranker_tokenizer"} 7',
         ]
     )
     failures = parse_metrics(text, "nv_inference_request_failure")
@@ -163,6 +172,10 @@ def test_metrics_are_parsed_by_name_and_labels() -> None:
         ("reranker", "CANCELED", 3.0),
     ]
     assert parse_metrics(text, "nv_inference_pending_request_count")[0][1] == 4.0
+    assert step_counters(text) == {
+        "rows_skipped{model=reranker_model,step=reranker_model,version=1}": 350,
+        "requests_abandoned{reason=deadline,step=reranker_tokenizer}": 7,
+    }
 
 
 def test_settings_refuse_what_cannot_run() -> None:

@@ -280,21 +280,35 @@ class Snapshot:
     executions: int
     compute_ns: int
     failure_reasons: dict[str, int]
+    step_counters: dict[str, int]
 
     def since(self, before: Snapshot) -> ServerWork:
-        reasons = {
-            key: value - before.failure_reasons.get(key, 0)
-            for key, value in self.failure_reasons.items()
-            if value - before.failure_reasons.get(key, 0) > 0
-        }
         return ServerWork(
             completed=self.completed - before.completed,
             failed=self.failed - before.failed,
             rows_computed=self.rows - before.rows,
             executions=self.executions - before.executions,
             compute_s=(self.compute_ns - before.compute_ns) * 1e-9,
-            failure_reasons=reasons,
+            failure_reasons=_increase(before.failure_reasons, self.failure_reasons),
+            step_counters=_increase(before.step_counters, self.step_counters),
         )
+
+
+def _increase(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Counters that grew, by how much."""
+    return {key: value - before.get(key, 0) for key, value in after.items() if value > before.get(key, 0)}
+
+
+def step_counters(text: str) -> dict[str, int]:
+    """The python steps' own counters (``reranker_*_total``), keyed ``name{label=value,...}``."""
+    counters: dict[str, int] = {}
+    for line in text.splitlines():
+        match = _METRIC_LINE.match(line)
+        if match and match.group("name").startswith("reranker_") and match.group("name").endswith("_total"):
+            labels = ",".join(f"{k}={v}" for k, v in sorted(_LABEL.findall(match.group("labels"))))
+            key = f"{match.group('name').removeprefix('reranker_').removesuffix('_total')}{{{labels}}}"
+            counters[key] = counters.get(key, 0) + int(float(match.group("value")))
+    return counters
 
 
 class ServerProbe:
@@ -332,11 +346,13 @@ class ServerProbe:
             for kind in ("compute_input", "compute_infer", "compute_output")
         )
         reasons: dict[str, int] = {}
+        counters: dict[str, int] = {}
         text = self.metrics()
         if text is not None:
             for labels, value in parse_metrics(text, "nv_inference_request_failure"):
                 key = f"{labels.get('model', '?')}/{labels.get('reason', 'failed')}"
                 reasons[key] = reasons.get(key, 0) + int(value)
+            counters = step_counters(text)
         core = models[CORE_MODEL_NAME]
         return Snapshot(
             completed=count(ENSEMBLE_NAME, "success"),
@@ -345,6 +361,7 @@ class ServerProbe:
             executions=int(core.get("execution_count", 0)),
             compute_ns=compute,
             failure_reasons=reasons,
+            step_counters=counters,
         )
 
     def counts(self) -> tuple[int, ...]:

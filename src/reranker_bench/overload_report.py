@@ -67,6 +67,8 @@ class ServerWork:
     """Compute time of every step (tokenizer, model, ...), Triton's ``compute_*`` statistics."""
     failure_reasons: dict[str, int] = field(default_factory=dict)
     """``nv_inference_request_failure`` by ``model/reason`` from the metrics endpoint, where it has reasons."""
+    step_counters: dict[str, int] = field(default_factory=dict)
+    """The python steps' own counters (rows scored and skipped, requests abandoned), where they have them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +202,7 @@ class LevelResult:
                 "abandoned_completed": self.abandoned_completed,
                 "abandoned_compute_s": self.abandoned_compute_s,
                 "failure_reasons": self.server.failure_reasons,
+                "step_counters": self.server.step_counters,
             },
             "recovery": {
                 "probe": _outcome_json(self.recovery.probe),
@@ -335,9 +338,9 @@ def _server_cells(level: LevelResult) -> tuple[str, str]:
     gone = level.abandoned_completed or 0
     wasted = level.abandoned_compute_s or 0.0
     share = wasted / server.compute_s if server.compute_s > 0 else 0.0
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(server.failure_reasons.items())) or "-"
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted({**server.failure_reasons, **server.step_counters}.items()))
     rows = f"{server.rows_computed} / {level.successes * level.documents}"
-    return f"{gone} req, {wasted:.1f} s ({share:.0%}); rows {rows}", reasons
+    return f"{gone} req, {wasted:.1f} s ({share:.0%}); rows {rows}", reasons or "-"
 
 
 def _drained(recovery: Recovery) -> str:
@@ -378,7 +381,7 @@ def format_markdown(report: OverloadReport) -> str:
         "deadline misses",
         "other / hung",
         "computed for gone callers",
-        "Triton failures",
+        "Triton failures; steps' counters",
         "probe after load",
         "first full request",
         "backlog drained",
@@ -449,6 +452,8 @@ def format_markdown(report: OverloadReport) -> str:
     lines += [
         "",
         "*computed for gone callers*: ensemble requests Triton completed beyond those answered in time, "
-        "the compute seconds prorated to them, and rows scored by `reranker_model` / rows answered in time.",
+        "the compute seconds prorated to them, and rows scored by `reranker_model` / rows answered in time. "
+        "*Triton failures*: `nv_inference_request_failure` by model/reason; *steps' counters*: the python "
+        "steps' own `reranker_*_total` metrics (rows scored/skipped, requests abandoned), where they exist.",
     ]
     return "\n".join(lines)
