@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from reranker_export.testmodels import long_document, relevance_examples
-from reranker_steps.errors import BadRequest
+from reranker_steps.errors import Abandoned, BadRequest
 from reranker_steps.onnx_scoring import OnnxScorer, check_inputs, concatenate_padded, session_options, sub_batches
 from reranker_steps.pairs import DEFAULTS, PairEncoder, TextLimits, bucket_width, plan_rows, read_texts
 from reranker_steps.params import StepParameters
@@ -247,6 +247,36 @@ def test_scorer_sub_batches_equal_one_run_and_isolate_a_failing_request(
     for result in (results[0], results[2]):
         assert isinstance(result, np.ndarray)
         np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_scorer_skips_the_rows_of_an_abandoned_request(cpu_repository: Path, xlmr_model_dir: Path) -> None:
+    encoder = _encoder(xlmr_model_dir)
+    example = relevance_examples(seed=6, count=1)[0]
+    inputs = encoder.encode(example.query, example.documents)
+    feed = {name: inputs[name] for name in ("input_ids", "attention_mask")}
+    rows = len(example.documents)
+    path = str(cpu_repository / "reranker_model" / "1" / "model.onnx")
+    scorer = OnnxScorer(path, options=session_options(), declared_inputs=list(feed), sub_batch_rows=2)
+    expected = scorer.score(feed)
+    scorer.rows_scored = 0
+
+    asked: list[int] = []
+
+    def abandoned(index: int) -> str | None:
+        asked.append(index)
+        # Request 1 is cancelled once the first sub-batch has run.
+        return "cancelled by the caller" if index == 1 and scorer.rows_scored > 0 else None
+
+    results = scorer.score_requests([feed, feed, feed], abandoned=abandoned)
+    assert isinstance(results[1], Abandoned) and "cancelled" in str(results[1])
+    for kept in (results[0], results[2]):
+        assert isinstance(kept, np.ndarray)
+        np.testing.assert_allclose(kept, expected, rtol=1e-5, atol=1e-5)
+    # Rows are length-sorted across requests, so request 1 had rows in the first sub-batch at
+    # most; every later row of it was skipped, and the counters add up.
+    assert scorer.rows_skipped > 0 and scorer.rows_scored + scorer.rows_skipped == 3 * rows
+    assert scorer.rows_scored <= 2 * rows + 2
+    assert set(asked) == {0, 1, 2}
 
 
 def test_session_options_refuse_an_unknown_level() -> None:

@@ -11,11 +11,12 @@ The exception tree is documented in :mod:`reranker_client.errors`.
 
 from ._core import CanaryResult
 from .async_client import AsyncRerankerClient
-from .config import Compression, LoadBalancing, RetryPolicy, TLSConfig
+from .config import Compression, LoadBalancing, RetryBudget, RetryPolicy, TLSConfig
 from .errors import (
     DeadlineExceededError,
     InvalidInputError,
     ModelNotReadyError,
+    OverloadedError,
     RerankerError,
     ServerError,
     ServerUnavailableError,
@@ -31,9 +32,11 @@ __all__ = [
     "InvalidInputError",
     "LoadBalancing",
     "ModelNotReadyError",
+    "OverloadedError",
     "RerankResult",
     "RerankerClient",
     "RerankerError",
+    "RetryBudget",
     "RetryPolicy",
     "ServerError",
     "ServerUnavailableError",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from .config import (
     ChannelArgs,
     Compression,
     LoadBalancing,
+    RetryBudget,
     RetryPolicy,
     TLSConfig,
     channel_args,
@@ -37,6 +40,7 @@ from .errors import (
     RerankerError,
     ServerError,
     ServerUnavailableError,
+    is_stub_failure,
     translate,
 )
 from .ranking import RerankResult, check_texts, rank, sigmoid
@@ -44,6 +48,11 @@ from .ranking import RerankResult, check_texts, rank, sigmoid
 log = logging.getLogger("reranker_client")
 
 DEFAULT_TIMEOUT_S = 10.0
+
+# Share of an attempt's remaining time it may wait in Triton's queues, sent as the request's
+# timeout: the rest is left to compute the answer, since a request that waited its whole deadline
+# would be computed for a caller who has gone.
+QUEUE_SHARE = 0.8
 
 # What a tritonclient call can raise for a failed RPC (it converts grpc.RpcError itself).
 RPC_ERRORS = (InferenceServerException, grpc.RpcError)
@@ -60,6 +69,11 @@ class CanaryResult:
     healthy: bool
     seconds: float
     error: str | None = None
+
+
+def canary_inputs() -> list[grpcclient.InferInput]:
+    query, documents = encode(CANARY_QUERY, CANARY_DOCUMENTS)
+    return build_inputs(query, documents)
 
 
 def canary_result(scores: npt.NDArray[np.floating[Any]] | None, started: float, error: str | None) -> CanaryResult:
@@ -84,14 +98,54 @@ class Deadline:
         return time.monotonic() - self.start
 
 
+class RetryBudgetState:
+    """One client's requests and retries over the budget's sliding window (thread-safe)."""
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+        self._requests: deque[float] = deque()
+        self._retries: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.budget.window_s
+        for events in (self._requests, self._retries):
+            while events and events[0] < horizon:
+                events.popleft()
+
+    def record_request(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._trim(now)
+            self._requests.append(now)
+
+    def try_retry(self) -> bool:
+        """Take one retry from the budget; ``False`` when the window has none left."""
+        with self._lock:
+            now = time.monotonic()
+            self._trim(now)
+            if not self.budget.allows(len(self._requests), len(self._retries)):
+                return False
+            self._retries.append(now)
+            return True
+
+
 class RetryState:
     """Bookkeeping for one request's attempts; the sync and async loops only differ in how they wait."""
 
-    def __init__(self, policy: RetryPolicy, deadline: Deadline, what: str, rng: random.Random) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        deadline: Deadline,
+        what: str,
+        rng: random.Random,
+        budget: RetryBudgetState | None = None,
+    ) -> None:
         self.policy = policy
         self.deadline = deadline
         self.what = what
         self.rng = rng
+        self.budget = budget
         self.attempts = 0
 
     def attempt_timeout(self) -> float:
@@ -102,20 +156,35 @@ class RetryState:
                 f"{self.what}: deadline of {self.deadline.timeout_s:g} s passed before the request was sent",
                 code=grpc.StatusCode.DEADLINE_EXCEEDED,
             )
+        if self.attempts == 0 and self.budget is not None:
+            self.budget.record_request()
         self.attempts += 1
         return remaining
+
+    def transient(self, error: BaseException, mapped: RerankerError) -> bool:
+        return isinstance(mapped, ServerUnavailableError) or (
+            self.policy.retry_stub_failures and is_stub_failure(error)
+        )
 
     def on_error(self, error: BaseException) -> tuple[RerankerError, float | None]:
         """The mapped error, and the delay before retrying (``None``: raise the error now)."""
         mapped = translate(error, context=self.what)
-        if not isinstance(mapped, ServerUnavailableError):
+        if not self.transient(error, mapped):
             return mapped, None
         delay = self.policy.backoff_s(self.attempts, self.rng)
-        if self.policy.allows(self.attempts) and delay < self.deadline.remaining():
-            log.info("%s: UNAVAILABLE on attempt %d, retrying in %.3f s", self.what, self.attempts, delay)
+        why = ""
+        if not self.policy.allows(self.attempts):
+            why = "retries exhausted"
+        elif delay >= self.deadline.remaining():
+            why = "no time left before the deadline"
+        elif self.budget is not None and not self.budget.try_retry():
+            why = "the client's retry budget is spent"
+        if not why:
+            name = mapped.code.name if mapped.code is not None else "error"
+            log.info("%s: %s on attempt %d, retrying in %.3f s", self.what, name, self.attempts, delay)
             return mapped, delay
-        gave_up = ServerUnavailableError(
-            f"{mapped} (gave up after {self.attempts} attempt(s) in {self.deadline.elapsed():.2f} s)",
+        gave_up = type(mapped)(
+            f"{mapped} (gave up after {self.attempts} attempt(s) in {self.deadline.elapsed():.2f} s: {why})",
             code=mapped.code,
         )
         return gave_up, None
@@ -155,6 +224,7 @@ class ClientCore:
         self.headers = dict(headers) if headers else None
         self.extra_channel_args = channel_args
         self.rng = random.Random()
+        self.retry_budget = RetryBudgetState(retries.budget) if retries.budget is not None else None
         self.outputs = [grpcclient.InferRequestedOutput(SCORES)]
 
     def connection_kwargs(self) -> dict[str, Any]:
@@ -187,12 +257,18 @@ class ClientCore:
             "inputs": inputs,
             "outputs": self.outputs,
             "client_timeout": attempt_timeout,
+            # Triton drops the request from its queues once this has passed (queue policy with
+            # allow_timeout_override), instead of computing an answer nobody waits for.
+            "timeout": max(1, int(attempt_timeout * QUEUE_SHARE * 1_000_000)),
             "headers": self.headers,
             "compression_algorithm": self.compression.algorithm,
         }
 
-    def retry_state(self, deadline: Deadline, what: str) -> RetryState:
-        return RetryState(self.retries, deadline, what, self.rng)
+    def retry_state(self, deadline: Deadline, what: str, *, retry: bool = True) -> RetryState:
+        """``retry=False``: one attempt, nothing taken from the budget (health checks)."""
+        if not retry:
+            return RetryState(RetryPolicy.disabled(), deadline, what, self.rng)
+        return RetryState(self.retries, deadline, what, self.rng, self.retry_budget)
 
     def describe(self, what: str) -> str:
         return f"{what} {self.model!r} at {self.url}"

@@ -152,16 +152,18 @@ class AsyncRerankerClient:
             raise
 
     async def _infer(
-        self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline
+        self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline, *, retry: bool = True
     ) -> npt.NDArray[np.float32]:
         async def attempt(attempt_timeout: float) -> grpcclient.InferResult:
             return await self._triton.infer(**self._core.infer_kwargs(inputs, attempt_timeout))
 
-        result = await self._retrying(attempt, deadline, self._core.describe("infer"))
+        result = await self._retrying(attempt, deadline, self._core.describe("infer"), retry=retry)
         return _core.decode_scores(result, count)
 
-    async def _retrying(self, call: Callable[[float], Awaitable[T]], deadline: Deadline, what: str) -> T:
-        state = self._core.retry_state(deadline, what)
+    async def _retrying(
+        self, call: Callable[[float], Awaitable[T]], deadline: Deadline, what: str, *, retry: bool = True
+    ) -> T:
+        state = self._core.retry_state(deadline, what, retry=retry)
         while True:
             attempt_timeout = state.attempt_timeout()
             try:
@@ -212,7 +214,11 @@ class AsyncRerankerClient:
         """A deep health check: one tiny rerank through the whole ensemble (see ``RerankerClient.canary``)."""
         started = time.monotonic()
         try:
-            scores = await self.score(_core.CANARY_QUERY, _core.CANARY_DOCUMENTS, timeout=timeout)
+            # One attempt, no retry: a probe must see the failure a retry would hide.
+            if self._closed:
+                raise RuntimeError(f"{type(self).__name__} for {self._core.url} is closed")
+            deadline = self._core.deadline(timeout)
+            scores = await self._infer(_core.canary_inputs(), len(_core.CANARY_DOCUMENTS), deadline, retry=False)
         except RerankerError as exc:
             return _core.canary_result(None, started, f"{type(exc).__name__}: {exc}")
         return _core.canary_result(scores, started, None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -67,8 +67,41 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RetryBudget:
+    """How many retries one client may add, so that retries cannot multiply the load of a server
+    that is shedding it (a retry storm).
+
+    Over the last ``window_s`` seconds, retries may number at most ``ratio`` times the requests
+    sent, or ``min_retries``, whichever is larger: the floor lets a quiet client ride out a
+    restart, the ratio caps a busy one at ``1 + ratio`` attempts per request.
+    """
+
+    ratio: float = 0.1
+    min_retries: int = 10
+    window_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.ratio < 0:
+            raise ValueError(f"ratio must be >= 0, got {self.ratio}")
+        if self.min_retries < 0:
+            raise ValueError(f"min_retries must be >= 0, got {self.min_retries}")
+        if self.window_s <= 0:
+            raise ValueError(f"window_s must be positive, got {self.window_s}")
+
+    def allows(self, requests: int, retries: int) -> bool:
+        """Whether one more retry fits, given the requests and retries of the current window."""
+        return retries < max(self.min_retries, self.ratio * requests)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Retries on UNAVAILABLE only: exponential backoff with jitter, bounded by the call's deadline.
+    """Retries of transient failures: exponential backoff with jitter, bounded by the call's
+    deadline and by the client's retry budget.
+
+    Transient: UNAVAILABLE (no server, or a server that shed the request) and, with
+    ``retry_stub_failures``, INTERNAL from a python step whose stub process died (another replica,
+    or the healed server, answers the retry). Reranking has no side effects, so a retry is safe;
+    INVALID_ARGUMENT and every other error is never retried.
 
     The n-th retry waits ``min(max_backoff_s, initial_backoff_s * multiplier**(n-1))`` scaled by a
     uniform factor in ``[1 - jitter, 1 + jitter]``, and never past the deadline.
@@ -80,6 +113,9 @@ class RetryPolicy:
     max_backoff_s: float = 1.0
     multiplier: float = 2.0
     jitter: float = 0.2
+    budget: RetryBudget | None = field(default_factory=RetryBudget)
+    """Per-client cap on retries; ``None``: only the deadline and ``max_attempts`` bound them."""
+    retry_stub_failures: bool = True
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -93,7 +129,7 @@ class RetryPolicy:
 
     @classmethod
     def disabled(cls) -> RetryPolicy:
-        return cls(max_attempts=1)
+        return cls(max_attempts=1, budget=None)
 
     def backoff_s(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""

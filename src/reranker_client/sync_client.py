@@ -168,11 +168,13 @@ class RerankerClient:
             for future in futures:
                 future.cancel()
 
-    def _infer(self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline) -> npt.NDArray[np.float32]:
+    def _infer(
+        self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline, *, retry: bool = True
+    ) -> npt.NDArray[np.float32]:
         def attempt(attempt_timeout: float) -> grpcclient.InferResult:
             return self._triton.infer(**self._core.infer_kwargs(inputs, attempt_timeout))
 
-        result = self._retrying(attempt, deadline, self._core.describe("infer"))
+        result = self._retrying(attempt, deadline, self._core.describe("infer"), retry=retry)
         return _core.decode_scores(result, count)
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -183,8 +185,8 @@ class RerankerClient:
                 )
             return self._executor
 
-    def _retrying(self, call: Callable[[float], T], deadline: Deadline, what: str) -> T:
-        state = self._core.retry_state(deadline, what)
+    def _retrying(self, call: Callable[[float], T], deadline: Deadline, what: str, *, retry: bool = True) -> T:
+        state = self._core.retry_state(deadline, what, retry=retry)
         while True:
             attempt_timeout = state.attempt_timeout()
             try:
@@ -238,7 +240,11 @@ class RerankerClient:
         """
         started = time.monotonic()
         try:
-            scores = self.score(_core.CANARY_QUERY, _core.CANARY_DOCUMENTS, timeout=timeout)
+            # One attempt, no retry: a probe must see the failure a retry would hide.
+            if self._closed:
+                raise RuntimeError(f"{type(self).__name__} for {self._core.url} is closed")
+            deadline = self._core.deadline(timeout)
+            scores = self._infer(_core.canary_inputs(), len(_core.CANARY_DOCUMENTS), deadline, retry=False)
         except RerankerError as exc:
             return _core.canary_result(None, started, f"{type(exc).__name__}: {exc}")
         return _core.canary_result(scores, started, None)

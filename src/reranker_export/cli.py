@@ -16,7 +16,15 @@ from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, int_list
 
 from .errors import ExportError
 from .loading import HUB_TIMEOUT_S
-from .settings import DEFAULT_MODEL_ID, Overflow, Precision, Profile, ServingSettings, TokenizerSettings
+from .settings import (
+    DEFAULT_MODEL_ID,
+    Overflow,
+    Precision,
+    Profile,
+    QueueSettings,
+    ServingSettings,
+    TokenizerSettings,
+)
 
 PROG = "reranker-export"
 
@@ -78,6 +86,20 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_queue_delay_us,
         help="dynamic batching delay (default: %(default)s)",
     )
+    group.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=defaults.queue.max_queue_size,
+        help="requests each step queues before refusing more at once with UNAVAILABLE; 0 = unbounded "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--queue-timeout-ms",
+        type=float,
+        default=defaults.queue.timeout_us / 1000,
+        help="longest wait in a step's queue before the request is rejected (UNAVAILABLE); callers' "
+        "deadlines shorten it (default: %(default)s)",
+    )
     group.add_argument("--tokenizer-instances", type=int, default=defaults.tokenizer_instances)
     group.add_argument("--model-instances", type=int, default=defaults.model_instances)
     group.add_argument(
@@ -114,6 +136,7 @@ def _serving_settings(args: argparse.Namespace) -> ServingSettings:
         ),
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,
+        queue=QueueSettings(max_queue_size=args.max_queue_size, timeout_us=round(args.queue_timeout_ms * 1000)),
         tokenizer_instances=args.tokenizer_instances,
         model_instances=args.model_instances,
         precision=args.precision,

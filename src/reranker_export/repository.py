@@ -78,6 +78,25 @@ def _params(values: dict[str, object]) -> dict[str, mc.ModelParameter]:
     return {key: mc.ModelParameter(string_value=str(value)) for key, value in values.items()}
 
 
+def queue_policy(settings: ServingSettings) -> mc.ModelQueuePolicy:
+    """Bounded queue, and REJECT past the timeout (which each request's own timeout can lower)."""
+    return mc.ModelQueuePolicy(
+        timeout_action=mc.ModelQueuePolicy.REJECT,
+        default_timeout_microseconds=settings.queue.timeout_us,
+        allow_timeout_override=True,
+        max_queue_size=settings.queue.max_queue_size,
+    )
+
+
+def queue_only_batching(settings: ServingSettings) -> mc.ModelDynamicBatching:
+    """For a step that never batches (``max_batch_size: 0``): only the queue policy.
+
+    Triton's default scheduler queues without bound; a ``dynamic_batching`` block is the one
+    place a queue policy can be set, and with ``max_batch_size: 0`` it merges nothing.
+    """
+    return mc.ModelDynamicBatching(default_queue_policy=queue_policy(settings))
+
+
 def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
     tok = settings.tokenizer
     outputs = [_output(name, mc.TYPE_INT64, [-1, -1]) for name in signature.input_names]
@@ -93,6 +112,7 @@ def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc
         ],
         output=outputs,
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.tokenizer_instances)],
+        dynamic_batching=queue_only_batching(settings),
         parameters=_params(
             {
                 "tokenizer_file": TOKENIZER_FILENAME,
@@ -121,7 +141,9 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
         input=[_input(name, mc.TYPE_INT64, [-1]) for name in signature.input_names],
         # [rows, 1] as every backend computes it; the ensemble reshapes it to `scores` [N].
         output=[mc.ModelOutput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[1])],
-        dynamic_batching=mc.ModelDynamicBatching(max_queue_delay_microseconds=settings.max_queue_delay_us),
+        dynamic_batching=mc.ModelDynamicBatching(
+            max_queue_delay_microseconds=settings.max_queue_delay_us, default_queue_policy=queue_policy(settings)
+        ),
     )
     if settings.profile is Profile.TENSORRT:
         config.platform = "tensorrt_plan"
@@ -154,7 +176,7 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
     return config
 
 
-def scores_config() -> mc.ModelConfig:
+def scores_config(settings: ServingSettings) -> mc.ModelConfig:
     """Window mode: the score of a document is the maximum over its windows."""
     return mc.ModelConfig(
         name=SCORES_MODEL_NAME,
@@ -166,6 +188,7 @@ def scores_config() -> mc.ModelConfig:
         ],
         output=[_output(SCORES, mc.TYPE_FP32, [-1])],
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+        dynamic_batching=queue_only_batching(settings),
     )
 
 
@@ -215,7 +238,7 @@ def build_configs(settings: ServingSettings, signature: ModelSignature) -> dict[
         CORE_MODEL_NAME: model_config(settings, signature),
     }
     if settings.tokenizer.overflow is Overflow.WINDOW:
-        configs[SCORES_MODEL_NAME] = scores_config()
+        configs[SCORES_MODEL_NAME] = scores_config(settings)
     configs[ENSEMBLE_NAME] = ensemble_config(settings, signature)
     return configs
 

@@ -116,6 +116,36 @@ class TokenizerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QueueSettings:
+    """Triton's queue policy (``default_queue_policy``) on every step that queues requests.
+
+    Under overload a queue without bounds grows until every caller has given up, and the server
+    then computes answers nobody waits for (goodput collapses, and the backlog outlives the burst).
+    Each step's queue is therefore bounded, and a request that waits too long is rejected
+    (UNAVAILABLE, ``timeout_action: REJECT``) instead of computed. Callers lower the wait with their
+    own deadline (``allow_timeout_override``; the Python client sends it), never raise it past
+    ``timeout_us``. Sizing: docs/serve.md, "Overload".
+    """
+
+    max_queue_size: int = 128
+    """Requests waiting per step; one more is refused at once ("Exceeds maximum queue size").
+    0 leaves the queue unbounded."""
+    timeout_us: int = 10_000_000
+    """Longest wait in a step's queue, for requests that carry no shorter deadline of their own
+    (the Python client's default deadline). Callers' deadlines do the shedding: the client sends
+    each request's remaining time, so an interactive caller's request leaves the queue when its
+    caller would give up, while a batch job with a long deadline is not shed for waiting."""
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 0:
+            raise ValueError(f"max_queue_size must be >= 0, got {self.max_queue_size}")
+        # Triton applies a caller's timeout only when it is below the default one, so 0 (no
+        # default) would silently ignore every caller's deadline.
+        if self.timeout_us < 1:
+            raise ValueError(f"the queue timeout must be positive, got {self.timeout_us} µs")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServingSettings:
     """Everything the repository renderer needs besides the exported files."""
 
@@ -125,6 +155,7 @@ class ServingSettings:
     """Rows (pairs or windows) per ``reranker_model`` execution; bounds rows per request."""
     max_queue_delay_us: int = 1000
     """How long dynamic batching waits for more requests to merge."""
+    queue: QueueSettings = field(default_factory=QueueSettings)
     tokenizer_instances: int = 2
     model_instances: int = 1
     precision: Precision = Precision.FP16

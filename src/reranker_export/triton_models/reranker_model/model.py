@@ -26,9 +26,10 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reranker_steps/ sits beside this file
 
+from reranker_steps.errors import Abandoned
 from reranker_steps.onnx_scoring import OUTPUT_NAME, OnnxScorer, check_inputs, session_options
 from reranker_steps.params import StepParameters
-from reranker_steps.triton import failure_response, input_array, success_response
+from reranker_steps.triton import Abandonment, StepMetrics, failure_response, input_array, success_response
 
 STEP = "reranker_model"
 DEFAULTS = {
@@ -58,6 +59,7 @@ class TritonPythonModel:
             pad_token_id=params.integer("pad_token_id", 0),
             sub_batch_rows=params.integer("sub_batch_rows", 0),
         )
+        self.metrics = StepMetrics(STEP)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -68,8 +70,15 @@ class TritonPythonModel:
                 batch.append((position, check_inputs({n: input_array(request, n) for n in names}, names)))
             except Exception as exc:  # a malformed request is refused alone
                 responses[position] = failure_response(STEP, exc)
-        results = self.scorer.score_requests([inputs for _, inputs in batch]) if batch else []
+        # Rows of a request nobody waits for any more (cancelled, past its timeout) are not computed.
+        abandonment = Abandonment([requests[position] for position, _ in batch])
+        scored, skipped = self.scorer.rows_scored, self.scorer.rows_skipped
+        results = self.scorer.score_requests([i for _, i in batch], abandoned=abandonment.reason) if batch else []
+        self.metrics.add("rows_scored", self.scorer.rows_scored - scored)
+        self.metrics.add("rows_skipped", self.scorer.rows_skipped - skipped)
         for (position, _), result in zip(batch, results, strict=True):
+            if isinstance(result, Abandoned):
+                self.metrics.abandoned(str(result))
             if isinstance(result, Exception):
                 responses[position] = failure_response(STEP, result)
             else:
