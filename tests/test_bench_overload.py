@@ -14,6 +14,7 @@ from reranker_bench.errors import BenchmarkError
 from reranker_bench.overload import (
     CallerCase,
     OverloadSettings,
+    build_requests,
     parse_levels,
     parse_metrics,
     run_overload_benchmark,
@@ -178,6 +179,18 @@ def test_metrics_are_parsed_by_name_and_labels() -> None:
     }
 
 
+def test_requests_join_test_corpus_sentences() -> None:
+    from reranker_export.testmodels import corpus
+
+    sentences = {e.text for e in corpus() if e.kind == "passage"}
+    single = build_requests(50, 1, count=4)
+    assert all(len(documents) == 50 and set(documents) <= sentences for _, documents in single)
+    joined = build_requests(50, 6, count=4)
+    assert len({documents for _, documents in joined}) == 4  # distinct requests
+    first = joined[0][1][0]
+    assert first.startswith(single[0][1][0]) and sum(s in first for s in sentences) >= 6
+
+
 def test_settings_refuse_what_cannot_run() -> None:
     assert parse_levels("0.5, 1,2,4") == (0.5, 1.0, 2.0, 4.0)
     assert parse_levels("") == ()
@@ -192,6 +205,8 @@ def test_settings_refuse_what_cannot_run() -> None:
         OverloadSettings(levels=())
     with pytest.raises(BenchmarkError):
         OverloadSettings(deadline_s=0)
+    with pytest.raises(BenchmarkError):
+        OverloadSettings(document_passages=0)
 
 
 @pytest.mark.parametrize(
@@ -212,6 +227,7 @@ def test_short_run_against_a_real_server(triton_server: Any, tmp_path: Path) -> 
         capacity_duration_s=3.0,
         capacity_callers=4,
         documents=20,
+        document_passages=2,
         closed_loop=(CallerCase(4, 0.5),),
         probe_timeout_s=60.0,
         drain_timeout_s=60.0,

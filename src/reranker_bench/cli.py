@@ -377,7 +377,13 @@ def _add_overload(commands: Any) -> None:
     parser.add_argument("--levels", default="0.5,1,2,4", help="open-loop loads, multiples of capacity ('' for none)")
     parser.add_argument("--duration-s", type=float, default=d.level_duration_s, help="seconds per level")
     parser.add_argument("--deadline-s", type=float, default=d.deadline_s, help="client deadline of each request")
-    parser.add_argument("--documents", type=int, default=d.documents, help="short candidates per request")
+    parser.add_argument("--documents", type=int, default=d.documents, help="candidates per request")
+    parser.add_argument(
+        "--document-passages",
+        type=int,
+        default=d.document_passages,
+        help="test-corpus sentences (10-30 tokens each) joined into one candidate",
+    )
     parser.add_argument("--capacity-s", type=float, default=d.capacity_duration_s, help="seconds of the capacity run")
     parser.add_argument("--capacity-callers", type=int, default=d.capacity_callers, help="callers of the capacity run")
     parser.add_argument("--capacity", type=float, default=None, help="use this capacity (req/s) instead of measuring")
@@ -414,6 +420,7 @@ def _overload_settings(args: argparse.Namespace) -> Any:
         level_duration_s=args.duration_s,
         deadline_s=args.deadline_s,
         documents=args.documents,
+        document_passages=args.document_passages,
         capacity_duration_s=args.capacity_s,
         capacity_callers=args.capacity_callers,
         capacity_per_s=args.capacity,

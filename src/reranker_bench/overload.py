@@ -40,6 +40,7 @@ from reranker_client import (
     ServerError,
     ServerUnavailableError,
 )
+from reranker_client import errors as client_errors
 from reranker_client.config import ENSEMBLE_NAME
 from reranker_common import Progress
 from reranker_export.settings import CORE_MODEL_NAME
@@ -51,6 +52,8 @@ from .overload_report import Capacity, Kind, LevelResult, Outcome, OverloadRepor
 if TYPE_CHECKING:
     from reranker_export.settings import ServingSettings
 
+# Triton's words for a request its queue policy refused, where the client knows them.
+SHED_MESSAGES: tuple[str, ...] = getattr(client_errors, "SHED_MESSAGES", ())
 HANG_GRACE_S = 5.0
 """A call still unanswered this long past its deadline counts as hung and is abandoned."""
 CAPACITY_TIMEOUT_S = 30.0
@@ -109,7 +112,10 @@ class OverloadSettings:
     deadline_s: float = 1.0
     """The client deadline of every request of the levels."""
     documents: int = 50
-    """Candidates per request: short passages of the test corpus."""
+    """Candidates per request."""
+    document_passages: int = 6
+    """Test-corpus sentences joined into one candidate: 6 make ~95 tokens, a short passage whose
+    request costs the tiny model about what the issue's measurements did (~20 req/s on 2 cores)."""
     capacity_duration_s: float = 15.0
     capacity_callers: int = 8
     capacity_per_s: float | None = None
@@ -136,6 +142,8 @@ class OverloadSettings:
         for name in ("documents", "capacity_callers"):
             if getattr(self, name) < 1:
                 raise BenchmarkError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.document_passages < 1:
+            raise BenchmarkError(f"document-passages must be positive, got {self.document_passages}")
         if self.capacity_per_s is not None and not self.capacity_per_s > 0:
             raise BenchmarkError(f"capacity must be positive, got {self.capacity_per_s}")
         if any(not level > 0 for level in self.levels):
@@ -146,15 +154,23 @@ class OverloadSettings:
             raise BenchmarkError("--metrics-url goes with --triton-url")
 
 
-def build_requests(documents: int, count: int = 64) -> list[Request]:
-    """Distinct requests: a held-out query of the test corpus and ``documents`` of its short passages."""
+def build_requests(documents: int, document_passages: int, count: int = 64) -> list[Request]:
+    """Distinct requests: a held-out query of the test corpus and ``documents`` candidates.
+
+    A candidate is ``document_passages`` consecutive passages of the corpus joined (each a
+    sentence of one language, 10-30 tokens).
+    """
     from reranker_export.testmodels import corpus
 
     entries = corpus()
     passages = [e.text for e in entries if e.kind == "passage"]
     queries = [e.text for e in entries if e.kind == "query" and e.split == "test"]
+
+    def candidate(start: int) -> str:
+        return " ".join(passages[(start + j) % len(passages)] for j in range(document_passages))
+
     return [
-        (queries[i % len(queries)], tuple(passages[(i * documents + k) % len(passages)] for k in range(documents)))
+        (queries[i % len(queries)], tuple(candidate((i * documents + k) * document_passages) for k in range(documents)))
         for i in range(count)
     ]
 
@@ -173,9 +189,13 @@ def cpu_serving_settings(documents: int) -> ServingSettings:
 
 
 def error_label(error: RerankerError) -> str:
-    """The exception's class, and its gRPC code where the class does not say it (``ServerError CANCELLED``)."""
+    """The exception's class, with its gRPC code where the class does not say it (``ServerError CANCELLED``)
+    and Triton's words for a shed (``OverloadedError: Exceeds maximum queue size``)."""
     name = type(error).__name__
-    return f"{name} {error.code.name}" if isinstance(error, ServerError) and error.code is not None else name
+    if isinstance(error, ServerError) and error.code is not None:
+        return f"{name} {error.code.name}"
+    why = next((message for message in SHED_MESSAGES if message in str(error)), None)
+    return f"{name}: {why}" if why else name
 
 
 async def call(client: AsyncRerankerClient, request: Request, timeout_s: float) -> Outcome:
@@ -204,16 +224,18 @@ async def open_loop(
     duration_s: float,
     timeout_s: float,
     rng: random.Random,
-) -> list[Outcome]:
+) -> tuple[list[Outcome], list[float]]:
     """Poisson arrivals at ``rate_per_s`` for ``duration_s``, each its own task: none waits for another.
 
     Arrival times are drawn on an absolute schedule, so a late wake-up is caught up at once
-    instead of lowering the offered rate.
+    instead of lowering the offered rate. Returns the outcomes and each arrival's lag behind its
+    schedule (seconds): a large lag means this process, not the server, limited the load.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
     at = 0.0
     tasks: list[asyncio.Task[Outcome]] = []
+    lags: list[float] = []
     while True:
         at += rng.expovariate(rate_per_s)
         if at >= duration_s:
@@ -221,11 +243,10 @@ async def open_loop(
         delay = start + at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        lags.append(max(0.0, loop.time() - start - at))
         tasks.append(asyncio.create_task(call(client, requests[len(tasks) % len(requests)], timeout_s)))
-    with contextlib.suppress(Exception):
-        # Let the last arrivals' in-flight calls finish (each bounded by its deadline and guard).
-        return list(await asyncio.gather(*tasks))
-    raise BenchmarkError("an open-loop call raised instead of returning its outcome")
+    # The last arrivals' calls finish within their deadline (and the guard past it).
+    return list(await asyncio.gather(*tasks)), lags
 
 
 async def closed_loop(
@@ -252,6 +273,12 @@ async def closed_loop(
 
     await asyncio.gather(*(caller(i) for i in range(callers)))
     return outcomes, time.perf_counter() - started
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else 0.0
 
 
 # -- what the server did -------------------------------------------------------------------------
@@ -408,7 +435,7 @@ class _Bench:
         self.client = client
         self.server = server
         self.progress = progress
-        self.requests = build_requests(settings.documents)
+        self.requests = build_requests(settings.documents, settings.document_passages)
         self.rng = random.Random(settings.seed)
 
     async def capacity(self) -> Capacity:
@@ -455,10 +482,10 @@ class _Bench:
         return capacity
 
     async def level(self, name: str, drive: Callable[[], Any], **fields: Any) -> LevelResult:
-        """Run one level (``drive`` returns its outcomes), then measure recovery and wait for the backlog."""
+        """Run one level (``drive`` returns its outcomes and arrival lags), then recovery and the backlog."""
         s = self.settings
         before = self.server.snapshot()
-        outcomes: list[Outcome] = await drive()
+        outcomes, lags = await drive()
         ended = time.perf_counter()
         probe = await call(self.client, (self.requests[0][0], self.requests[0][1][:1]), s.probe_timeout_s)
         full = await call(self.client, self.requests[1], s.probe_timeout_s)
@@ -470,6 +497,7 @@ class _Bench:
             outcomes=tuple(outcomes),
             recovery=Recovery(probe=probe, full=full, drained_s=drained),
             server=work,
+            arrival_lag_ms=None if lags is None else (_percentile(lags, 95) * 1e3, max(lags, default=0.0) * 1e3),
             **fields,
         )
         self.progress(
@@ -486,7 +514,7 @@ class _Bench:
         rate = factor * capacity.per_s
         self.progress(f"open loop {factor:g}x: {rate:.1f} req/s for {s.level_duration_s:g} s")
 
-        async def drive() -> list[Outcome]:
+        async def drive() -> tuple[list[Outcome], list[float]]:
             return await open_loop(
                 self.client,
                 self.requests,
@@ -509,7 +537,7 @@ class _Bench:
         s = self.settings
         self.progress(f"closed loop: {case} for {s.level_duration_s:g} s")
 
-        async def drive() -> list[Outcome]:
+        async def drive() -> tuple[list[Outcome], None]:
             outcomes, _ = await closed_loop(
                 self.client,
                 self.requests,
@@ -517,7 +545,7 @@ class _Bench:
                 duration_s=s.level_duration_s,
                 timeout_s=case.deadline_s,
             )
-            return outcomes
+            return outcomes, None
 
         return await self.level(
             f"{case.callers}, {case.deadline_s:g} s",
@@ -569,9 +597,16 @@ def run_overload_benchmark(settings: OverloadSettings, *, command: str, progress
             except ServeError as exc:
                 raise BenchmarkError(f"Triton did not start: {exc}") from exc
             grpc_url, metrics_url = server.grpc_url, server.metrics_url
+            queue = getattr(serving, "queue", None)  # the queue policy, where this version has one
+            queues = (
+                "unbounded queues"
+                if queue is None or not queue.max_queue_size
+                else f"queues of {queue.max_queue_size} requests, queue timeout {queue.timeout_us / 1e6:g} s "
+                "or the caller's deadline"
+            )
             described = (
                 f"local Triton, cpu profile, project defaults (max_queue_delay_us {serving.max_queue_delay_us}, "
-                f"{serving.tokenizer_instances} tokenizer / {serving.model_instances} model instances), "
+                f"{serving.tokenizer_instances} tokenizer / {serving.model_instances} model instances, {queues}), "
                 + ("the tiny XLM-R test model" if settings.model_dir is None else str(settings.model_dir))
             )
         load_before = load_average()
@@ -584,6 +619,7 @@ def run_overload_benchmark(settings: OverloadSettings, *, command: str, progress
             "level_duration_s": settings.level_duration_s,
             "deadline_s": settings.deadline_s,
             "documents": settings.documents,
+            "document_passages": settings.document_passages,
             "capacity_callers": settings.capacity_callers,
             "capacity_duration_s": settings.capacity_duration_s,
             "closed_loop": [f"{c.callers}:{c.deadline_s:g}" for c in settings.closed_loop],

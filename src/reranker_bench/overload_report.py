@@ -116,6 +116,9 @@ class LevelResult:
     """Open loop: the Poisson arrival rate."""
     callers: int | None = None
     """Closed loop: callers that give up after ``deadline_s`` and immediately send the next request."""
+    arrival_lag_ms: tuple[float, float] | None = None
+    """Open loop: p95 and max of how late arrivals left this process against their schedule.
+    Large values mean the load generator, not the server, limited the offered load."""
 
     def count(self, kind: Kind) -> int:
         return sum(o.kind is kind for o in self.outcomes)
@@ -190,6 +193,9 @@ class LevelResult:
             "other_errors": self.count(Kind.OTHER),
             "hung": self.count(Kind.HUNG),
             "errors": self.errors,
+            "arrival_lag_ms": None
+            if self.arrival_lag_ms is None
+            else dict(zip(("p95", "max"), self.arrival_lag_ms, strict=True)),
             "server": None
             if self.server is None
             else {
@@ -385,6 +391,7 @@ def format_markdown(report: OverloadReport) -> str:
         "probe after load",
         "first full request",
         "backlog drained",
+        "arrival lag p95 / max ms",
     )
     if report.levels:
         lines += ["", "### Open loop (Poisson arrivals)", ""]
@@ -408,6 +415,7 @@ def format_markdown(report: OverloadReport) -> str:
                     _outcome_cell(level.recovery.probe),
                     _outcome_cell(level.recovery.full),
                     _drained(level.recovery),
+                    "-" if level.arrival_lag_ms is None else "{:.0f} / {:.0f}".format(*level.arrival_lag_ms),
                 )
             )
         lines += _table(rows)
@@ -454,6 +462,8 @@ def format_markdown(report: OverloadReport) -> str:
         "*computed for gone callers*: ensemble requests Triton completed beyond those answered in time, "
         "the compute seconds prorated to them, and rows scored by `reranker_model` / rows answered in time. "
         "*Triton failures*: `nv_inference_request_failure` by model/reason; *steps' counters*: the python "
-        "steps' own `reranker_*_total` metrics (rows scored/skipped, requests abandoned), where they exist.",
+        "steps' own `reranker_*_total` metrics (rows scored/skipped, requests abandoned), where they exist. "
+        "*arrival lag*: how late arrivals left the load generator against their Poisson schedule; large "
+        "values mean the generator (sharing the machine), not the server, limited the offered load.",
     ]
     return "\n".join(lines)
