@@ -368,7 +368,8 @@ def format_markdown(report: OverloadReport) -> str:
         f"- command: `{report.command}`",
         f"- hardware: {describe_machine(report.machine)}; load average before {report.load_before[0]:.2f}, "
         f"after {report.load_after[0]:.2f}",
-        f"- workload: {s['documents']} short candidates per request, client deadline {s['deadline_s']:g} s, "
+        f"- workload: {s['documents']} candidates of {s.get('document_passages', 1)} test-corpus sentences per "
+        f"request, client deadline {s['deadline_s']:g} s, "
         f"{s['level_duration_s']:g} s per level; server: {s['server']}",
         f"- capacity: {c.per_s:.1f} req/s "
         + (
