@@ -69,8 +69,15 @@ def test_level_numbers_come_from_the_outcomes() -> None:
         + [Outcome(Kind.DEADLINE, 1.0, "DeadlineExceededError")] * 5
     )
     # The server completed 190 ensemble requests: 180 answered in time, the probe and the full
-    # request after the load, and 8 whose callers had gone.
-    server = ServerWork(completed=190, failed=20, rows_computed=9_500, executions=400, compute_s=19.0)
+    # request after the load, and 8 whose callers had gone. The tokenizer also worked on 10
+    # requests the model step then refused: 200 at 0.02 s each, the model 190 at 0.08 s each.
+    server = ServerWork(
+        completed=190,
+        failed=20,
+        rows_computed=9_500,
+        executions=400,
+        step_compute={"reranker_tokenizer": (4.0, 200), "reranker_model": (15.2, 190)},
+    )
     level = _level(2, outcomes, server=server)
     assert (level.sent, level.successes, level.shed, level.count(Kind.DEADLINE)) == (200, 180, 15, 5)
     assert level.goodput_per_s == pytest.approx(18.0)
@@ -79,7 +86,9 @@ def test_level_numbers_come_from_the_outcomes() -> None:
     assert level.latency_ms(Kind.SHED, 95) == pytest.approx(2.0)
     assert level.errors == {"OverloadedError": 15, "DeadlineExceededError": 5}
     assert level.abandoned_completed == 8
-    assert level.abandoned_compute_s == pytest.approx(19.0 * 8 / 190)
+    # All compute, less what the 182 answered requests cost at each step's mean per request.
+    assert server.compute_s == pytest.approx(19.2)
+    assert level.abandoned_compute_s == pytest.approx(19.2 - 182 * (0.02 + 0.08))
     data = level.to_json()
     assert data["server"]["rows_answered_in_time"] == 180 * 50
     assert json.loads(json.dumps(data)) == data  # plain JSON
@@ -131,7 +140,7 @@ def test_report_writes_markdown_and_json(tmp_path: Path) -> None:
             failed=0,
             rows_computed=15_000,
             executions=300,
-            compute_s=30.0,
+            step_compute={"reranker_model": (30.0, 300)},
             failure_reasons={"reranker/CANCELED": 3},
         ),
     )
@@ -149,7 +158,8 @@ def test_report_writes_markdown_and_json(tmp_path: Path) -> None:
     text = md_path.read_text()
     assert "| 2x | 40.0 | 5 |" in text
     assert "| 32, 1 s | 0.10 |" in text and "15.60 s" in text and "not drained" in text
-    assert "297 req" in text  # 300 completed - 1 answered in time - probe - full request
+    # 300 completed - 1 answered in time - probe - full request; 0.1 s each for them
+    assert "297 req, 29.7 s (99%)" in text
     data = json.loads(json_path.read_text())
     assert data["closed_loop"][0]["server"]["failure_reasons"] == {"reranker/CANCELED": 3}
     assert data["targets"] and data["capacity"]["per_s"] == 20.0

@@ -305,17 +305,22 @@ class Snapshot:
     failed: int
     rows: int
     executions: int
-    compute_ns: int
+    steps: dict[str, tuple[int, int]]
+    """Per step (every model but the ensemble): compute ns and requests it completed."""
     failure_reasons: dict[str, int]
     step_counters: dict[str, int]
 
     def since(self, before: Snapshot) -> ServerWork:
+        steps = {
+            name: ((ns - before.steps.get(name, (0, 0))[0]) * 1e-9, done - before.steps.get(name, (0, 0))[1])
+            for name, (ns, done) in self.steps.items()
+        }
         return ServerWork(
             completed=self.completed - before.completed,
             failed=self.failed - before.failed,
             rows_computed=self.rows - before.rows,
             executions=self.executions - before.executions,
-            compute_s=(self.compute_ns - before.compute_ns) * 1e-9,
+            step_compute=steps,
             failure_reasons=_increase(before.failure_reasons, self.failure_reasons),
             step_counters=_increase(before.step_counters, self.step_counters),
         )
@@ -366,12 +371,17 @@ class ServerProbe:
         def count(model: str, key: str) -> int:
             return int(models[model].get("inference_stats", {}).get(key, {}).get("count", 0))
 
-        compute = sum(
-            int(stats.get("inference_stats", {}).get(kind, {}).get("ns", 0))
+        steps = {
+            name: (
+                sum(
+                    int(stats.get("inference_stats", {}).get(kind, {}).get("ns", 0))
+                    for kind in ("compute_input", "compute_infer", "compute_output")
+                ),
+                count(name, "success"),
+            )
             for name, stats in models.items()
             if name != ENSEMBLE_NAME
-            for kind in ("compute_input", "compute_infer", "compute_output")
-        )
+        }
         reasons: dict[str, int] = {}
         counters: dict[str, int] = {}
         text = self.metrics()
@@ -386,7 +396,7 @@ class ServerProbe:
             failed=count(ENSEMBLE_NAME, "fail"),
             rows=int(core.get("inference_count", 0)),
             executions=int(core.get("execution_count", 0)),
-            compute_ns=compute,
+            steps=steps,
             failure_reasons=reasons,
             step_counters=counters,
         )

@@ -63,8 +63,14 @@ class ServerWork:
     """(query, document) rows ``reranker_model`` scored."""
     executions: int
     """``reranker_model`` executions (batches)."""
-    compute_s: float
-    """Compute time of every step (tokenizer, model, ...), Triton's ``compute_*`` statistics."""
+    step_compute: dict[str, tuple[float, int]]
+    """Per step (tokenizer, model, ...): compute seconds (Triton's ``compute_*`` statistics, which
+    count the requests a step completed) and the requests it completed."""
+
+    @property
+    def compute_s(self) -> float:
+        return sum(seconds for seconds, _ in self.step_compute.values())
+
     failure_reasons: dict[str, int] = field(default_factory=dict)
     """``nv_inference_request_failure`` by ``model/reason`` from the metrics endpoint, where it has reasons."""
     step_counters: dict[str, int] = field(default_factory=dict)
@@ -155,22 +161,28 @@ class LevelResult:
         return _percentile_ms(self.seconds(kind), q)
 
     @property
+    def answered_in_time(self) -> int:
+        """Requests whose caller got the answer: the level's successes, the probe and the full request."""
+        return self.successes + sum(o.kind is Kind.SUCCESS for o in (self.recovery.probe, self.recovery.full))
+
+    @property
     def abandoned_completed(self) -> int | None:
         """Requests the server completed for callers that had gone (not answered to anyone in time)."""
         if self.server is None:
             return None
-        answered = self.successes + sum(o.kind is Kind.SUCCESS for o in (self.recovery.probe, self.recovery.full))
-        return max(0, self.server.completed - answered)
+        return max(0, self.server.completed - self.answered_in_time)
 
     @property
     def abandoned_compute_s(self) -> float | None:
-        """The share of the server's compute spent on :attr:`abandoned_completed` requests.
-
-        Prorated by requests: the full request and the probe are small against a level's load.
-        """
-        if self.server is None or self.abandoned_completed is None or self.server.completed == 0:
+        """Server compute not spent on requests answered in time: every step's compute minus what
+        the answered requests cost at that step's mean per completed request. It covers requests
+        completed for nobody and the steps' work on requests a later step refused or cancelled."""
+        if self.server is None:
             return None
-        return self.server.compute_s * self.abandoned_completed / self.server.completed
+        useful = sum(
+            seconds / done * self.answered_in_time for seconds, done in self.server.step_compute.values() if done
+        )
+        return max(0.0, self.server.compute_s - useful)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -199,6 +211,8 @@ class LevelResult:
             "server": None
             if self.server is None
             else {
+                "step_compute_s": {name: seconds for name, (seconds, _) in self.server.step_compute.items()},
+                "step_completed": {name: done for name, (_, done) in self.server.step_compute.items()},
                 "completed": self.server.completed,
                 "failed": self.server.failed,
                 "rows_computed": self.server.rows_computed,
@@ -460,8 +474,9 @@ def format_markdown(report: OverloadReport) -> str:
         )
     lines += [
         "",
-        "*computed for gone callers*: ensemble requests Triton completed beyond those answered in time, "
-        "the compute seconds prorated to them, and rows scored by `reranker_model` / rows answered in time. "
+        "*computed for gone callers*: ensemble requests Triton completed beyond those answered in time; "
+        "the steps' compute beyond what the requests answered in time cost (each step's mean per completed "
+        "request), with its share of all compute; rows scored by `reranker_model` / rows answered in time. "
         "*Triton failures*: `nv_inference_request_failure` by model/reason; *steps' counters*: the python "
         "steps' own `reranker_*_total` metrics (rows scored/skipped, requests abandoned), where they exist. "
         "*arrival lag*: how late arrivals left the load generator against their Poisson schedule; large "
