@@ -2,7 +2,7 @@
 
 ``[serve]`` runs ``reranker-serve`` without torch or transformers, and the demo, which also needs
 export and client, says which extra to install; ``[loadtest]`` runs ``reranker-loadtest`` without
-torch, onnxruntime or the Triton wheel.
+torch, onnxruntime or the Triton wheel; ``[eval]`` runs ``reranker-eval`` without them either.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ EXTRAS = {
     # extra: (command that must answer --help, distributions that must not be installed)
     "serve": ("reranker-serve", {"torch", "transformers", "onnx", "locust"}),
     "loadtest": ("reranker-loadtest", {"torch", "transformers", "onnxruntime", "tokenizers", "nvidia-pytriton"}),
+    "eval": ("reranker-eval", {"torch", "transformers", "onnxruntime", "tokenizers", "nvidia-pytriton", "locust"}),
 }
 
 

@@ -73,7 +73,6 @@ NODE_AND_PULL_ALLOWANCE_S = 15 * 60
 ENGINE_BUILD_ALLOWANCE_S = 30 * 60
 # ReadWriteMany storage classes of the managed clouds (their default classes cannot provide it).
 RWX_STORAGE_CLASSES = {"EKS": "efs-sc", "GKE": "standard-rwx", "AKS": "azurefile-csi"}
-HEALTH_PATHS = {"/v2/health/live", "/v2/health/ready"}
 # The oldest Kubernetes the manifests target, and the newest release kubernetes-validate knows.
 MIN_KUBERNETES = "1.29.0"
 KUBERNETES_VERSIONS = (MIN_KUBERNETES, kubernetes_validate.latest_version())
@@ -545,11 +544,14 @@ def test_ports_services_and_probes_agree(overlay: str) -> None:
     for service in (grpc, http):
         assert selects(service["spec"]["selector"], pod_labels)
 
-    probes = {kind: spec[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert all(p["port"] == "http" for p in probes.values())
-    assert probes["livenessProbe"]["path"] == "/v2/health/live"
-    assert probes["readinessProbe"]["path"] == probes["startupProbe"]["path"] == "/v2/health/ready"
-    assert {p["path"] for p in probes.values()} <= HEALTH_PATHS
+    startup = spec["startupProbe"]["httpGet"]
+    assert startup["port"] == "http" and startup["path"] == "/v2/health/ready"
+    for kind in ("readinessProbe", "livenessProbe"):
+        command = spec[kind]["exec"]["command"]
+        # The deep health check, on this container's own gRPC port.
+        assert command[:2] == ["reranker-client", "health"] and "--canary" in command
+        assert flag(command, "--url") == f"127.0.0.1:{ports['grpc']}"
+        assert float(flag(command, "--timeout")) < spec[kind]["timeoutSeconds"]
 
     policy = find(objects, "NetworkPolicy", "reranker")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
@@ -870,16 +872,19 @@ def test_images_are_pinned_to_one_release_and_install_from_the_lock() -> None:
     text = SERVER_DOCKERFILE.read_text(encoding="utf-8")
     assert re.fullmatch(r"\d{2}\.\d{2}", triton_release())
     assert re.search(r"^FROM nvcr\.io/nvidia/tritonserver:\$\{TRITON_RELEASE\}-py3$", text, re.M)
-    # The server image's packages come from requirements/lock.txt, the only file it copies:
-    # no model baked in, and no version written twice.
-    assert re.findall(r"^COPY (\S+)", text, re.M) == ["requirements/lock.txt"]
-    install = re.search(r"pip install [^\n]*-c (\S+) \\\n\s+([^\n]+?) \\\n", text)
-    assert install and install.group(1) == "/tmp/reranker-lock.txt", "the server image installs within the lock"
+    # The server image's packages come from requirements/lock.txt: no model baked in, and no
+    # version written twice; the project itself only for the probes' reranker-client.
+    assert re.findall(r"^COPY (\S+)", text, re.M) == ["requirements/lock.txt", "pyproject.toml", "src"]
+    assert "PIP_CONSTRAINT=/tmp/reranker/requirements/lock.txt" in text, "the server image installs within the lock"
+    install = re.search(r"pip install --no-cache-dir \\\n\s+([^\n]+?) \\\n", text)
+    assert install
     locked = lock_pins()
-    assert set(install.group(2).split()) == {"tokenizers", "onnxruntime", "numpy"} <= set(locked)
+    packages = install.group(1).split()
+    assert set(packages) == {"tokenizers", "onnxruntime", "numpy", '"/tmp/reranker[client]"'}
+    assert {"tokenizers", "onnxruntime", "numpy"} <= set(locked)
     assert "==" not in text and "ARG TOKENIZERS" not in text
     server_ignore = (K8S / "server" / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
-    assert server_ignore[server_ignore.index("*") :] == ["*", "!requirements/lock.txt"]
+    assert {"*", "!requirements/lock.txt", "!pyproject.toml", "!README.md", "!src/"} <= set(server_ignore)
 
     loadtest = LOADTEST_DOCKERFILE.read_text(encoding="utf-8")
     assert re.search(r'^RUN PIP_CONSTRAINT=requirements/lock\.txt pip install [^\n]*"\.\[loadtest\]"$', loadtest, re.M)
@@ -1038,6 +1043,22 @@ def _balanced(expr: str) -> bool:
         elif char in pairs and (not stack or stack.pop() != pairs[char]):
             return False
     return not stack
+
+
+def test_shedding_has_its_alert() -> None:
+    """Requests the steps' queues refuse (Triton's REJECTED) have a ratio and an alert."""
+    rules = {
+        rule.get("record") or rule.get("alert"): rule
+        for group in find(rendered("gpu-tensorrt"), "PrometheusRule")["spec"]["groups"]
+        for rule in group["rules"]
+    }
+    ratio = rules["reranker:request_shed_ratio:rate5m"]["expr"]
+    assert 'reason="REJECTED"' in ratio
+    for step in ("reranker_tokenizer", "reranker_model"):
+        assert step in ratio
+    alert = rules["RerankerShedding"]
+    assert alert["expr"].startswith("reranker:request_shed_ratio:rate5m >")
+    assert "OverloadedError" in alert["annotations"]["description"]
 
 
 def test_hpa_scales_on_the_adapter_metric() -> None:
@@ -1254,12 +1275,32 @@ def test_triton_closes_grpc_connections_at_their_max_age(
             channel.close()
 
 
-def test_probe_paths_answer_on_triton(deployed_triton: tuple[TritonServer, str]) -> None:
-    server, _ = deployed_triton
+def test_probes_pass_on_a_healthy_triton(deployed_triton: tuple[TritonServer, str], triton_server: Any) -> None:
+    """Each probe, as the kubelet runs it: the startup probe against a server started with the
+    Deployment's flags, the canary probes against a server of the real ensemble. (That the
+    canary fails on a server whose stub died: tests/test_health.py.)"""
+    deployed, _ = deployed_triton
     spec = triton("cpu")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        status, _ = _http(server.http_url + spec[probe]["httpGet"]["path"])
-        assert status == 200, probe
+    status, _ = _http(deployed.http_url + spec["startupProbe"]["httpGet"]["path"])
+    assert status == 200
+    server = triton_server
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = list(spec[probe]["exec"]["command"])
+        command[0] = str(Path(sys.executable).with_name(command[0]))  # this venv's reranker-client
+        command = [f"--url={server.grpc_url}" if arg.startswith("--url=") else arg for arg in command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=spec[probe]["timeoutSeconds"] * 4)
+        assert done.returncode == 0, (probe, done.stdout, done.stderr)
+
+
+def test_a_zombie_is_restarted_within_30_seconds() -> None:
+    """Worst case: the stub dies just after a passing probe; each later probe fails within its
+    timeout; the kubelet restarts the container after ``failureThreshold`` failures."""
+    for overlay in OVERLAYS:
+        liveness = triton(overlay)["livenessProbe"]
+        worst = liveness["periodSeconds"] * liveness["failureThreshold"] + liveness["timeoutSeconds"]
+        assert worst <= 30, (overlay, worst)
+        readiness = triton(overlay)["readinessProbe"]
+        assert readiness["periodSeconds"] * readiness["failureThreshold"] <= liveness["periodSeconds"]
 
 
 def test_admin_apis_need_the_pod_key(deployed_triton: tuple[TritonServer, str]) -> None:

@@ -177,7 +177,9 @@ class RetryState:
             why = "retries exhausted"
         elif delay >= self.deadline.remaining():
             why = "no time left before the deadline"
-        elif self.budget is not None and not self.budget.try_retry():
+        elif self.budget is not None and not is_stub_failure(error) and not self.budget.try_retry():
+            # (A dead stub's INTERNAL costs its server nothing, and under round_robin the retry
+            # goes to another replica: the budget guards overloaded servers, not these.)
             why = "the client's retry budget is spent"
         if not why:
             name = mapped.code.name if mapped.code is not None else "error"
@@ -251,8 +253,12 @@ class ClientCore:
             raise ValueError(f"timeout must be positive, got {timeout}")
         return Deadline(self.timeout if timeout is None else timeout)
 
-    def infer_kwargs(self, inputs: list[grpcclient.InferInput], attempt_timeout: float) -> dict[str, Any]:
+    def infer_kwargs(
+        self, inputs: list[grpcclient.InferInput], attempt_timeout: float, *, priority: int = 0
+    ) -> dict[str, Any]:
+        """``priority`` 0 leaves the model's default level; the canary asks for ``CANARY_PRIORITY``."""
         return {
+            "priority": priority,
             "model_name": self.model,
             "inputs": inputs,
             "outputs": self.outputs,

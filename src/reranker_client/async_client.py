@@ -16,6 +16,7 @@ import tritonclient.grpc.aio as aioclient
 from . import _core
 from ._core import DEFAULT_TIMEOUT_S, RPC_ERRORS, CanaryResult, ClientCore, Deadline
 from .config import (
+    CANARY_PRIORITY,
     ENSEMBLE_NAME,
     TOKENIZER_MODEL_NAME,
     ChannelArgs,
@@ -152,12 +153,14 @@ class AsyncRerankerClient:
             raise
 
     async def _infer(
-        self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline, *, retry: bool = True
+        self, inputs: list[grpcclient.InferInput], count: int, deadline: Deadline, *, canary: bool = False
     ) -> npt.NDArray[np.float32]:
         async def attempt(attempt_timeout: float) -> grpcclient.InferResult:
-            return await self._triton.infer(**self._core.infer_kwargs(inputs, attempt_timeout))
+            return await self._triton.infer(
+                **self._core.infer_kwargs(inputs, attempt_timeout, priority=CANARY_PRIORITY if canary else 0)
+            )
 
-        result = await self._retrying(attempt, deadline, self._core.describe("infer"), retry=retry)
+        result = await self._retrying(attempt, deadline, self._core.describe("infer"), retry=not canary)
         return _core.decode_scores(result, count)
 
     async def _retrying(
@@ -214,11 +217,12 @@ class AsyncRerankerClient:
         """A deep health check: one tiny rerank through the whole ensemble (see ``RerankerClient.canary``)."""
         started = time.monotonic()
         try:
-            # One attempt, no retry: a probe must see the failure a retry would hide.
+            # One attempt, no retry (a probe must see the failure a retry would hide), ahead of the
+            # queue (a busy server is not a broken one).
             if self._closed:
                 raise RuntimeError(f"{type(self).__name__} for {self._core.url} is closed")
             deadline = self._core.deadline(timeout)
-            scores = await self._infer(_core.canary_inputs(), len(_core.CANARY_DOCUMENTS), deadline, retry=False)
+            scores = await self._infer(_core.canary_inputs(), len(_core.CANARY_DOCUMENTS), deadline, canary=True)
         except RerankerError as exc:
             return _core.canary_result(None, started, f"{type(exc).__name__}: {exc}")
         return _core.canary_result(scores, started, None)

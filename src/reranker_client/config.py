@@ -26,6 +26,10 @@ TOKEN_TYPE_IDS = "token_type_ids"  # only for models whose tokenizer emits it (B
 DOCUMENT_INDEX = "document_index"  # window mode: which document each row belongs to
 LOGITS = "logits"
 MAX_DOCUMENTS_PARAMETER = "max_documents"
+# Triton request priorities of the steps' queues (1 is served first): health checks jump the
+# queue, so that a busy server is not mistaken for a broken one (and restarted under load).
+CANARY_PRIORITY = 1
+DEFAULT_PRIORITY = 2
 
 ChannelArgs = list[tuple[str, Any]]
 
@@ -73,7 +77,9 @@ class RetryBudget:
 
     Over the last ``window_s`` seconds, retries may number at most ``ratio`` times the requests
     sent, or ``min_retries``, whichever is larger: the floor lets a quiet client ride out a
-    restart, the ratio caps a busy one at ``1 + ratio`` attempts per request.
+    restart, the ratio caps a busy one at ``1 + ratio`` attempts per request. Retries of a dead
+    stub's INTERNAL are not counted: the failing replica spent nothing on them, and the retry
+    goes to another one.
     """
 
     ratio: float = 0.1

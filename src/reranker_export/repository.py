@@ -26,7 +26,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from .errors import RepositoryError
 from .settings import (
+    CANARY_PRIORITY,
     CORE_MODEL_NAME,
+    DEFAULT_PRIORITY,
     DOCUMENT_INDEX,
     DOCUMENTS,
     ENSEMBLE_NAME,
@@ -88,13 +90,21 @@ def queue_policy(settings: ServingSettings) -> mc.ModelQueuePolicy:
     )
 
 
-def queue_only_batching(settings: ServingSettings) -> mc.ModelDynamicBatching:
-    """For a step that never batches (``max_batch_size: 0``): only the queue policy.
+def batching(settings: ServingSettings, *, max_queue_delay_us: int = 0) -> mc.ModelDynamicBatching:
+    """The queue of a step: bounded, rejecting, and with a priority level for health checks.
 
-    Triton's default scheduler queues without bound; a ``dynamic_batching`` block is the one
-    place a queue policy can be set, and with ``max_batch_size: 0`` it merges nothing.
+    Requests come at ``DEFAULT_PRIORITY``; the canary asks for ``CANARY_PRIORITY`` and is served
+    before them (Triton's ensemble passes a request's priority to every step), so a liveness
+    probe measures health, not queue length. For a step that never batches
+    (``max_batch_size: 0``) the block merges nothing: Triton's default scheduler queues without
+    bound, and ``dynamic_batching`` is the one place a queue policy can be set.
     """
-    return mc.ModelDynamicBatching(default_queue_policy=queue_policy(settings))
+    return mc.ModelDynamicBatching(
+        max_queue_delay_microseconds=max_queue_delay_us,
+        default_queue_policy=queue_policy(settings),
+        priority_levels=max(CANARY_PRIORITY, DEFAULT_PRIORITY),
+        default_priority_level=DEFAULT_PRIORITY,
+    )
 
 
 def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
@@ -112,7 +122,7 @@ def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc
         ],
         output=outputs,
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.tokenizer_instances)],
-        dynamic_batching=queue_only_batching(settings),
+        dynamic_batching=batching(settings),
         parameters=_params(
             {
                 "tokenizer_file": TOKENIZER_FILENAME,
@@ -141,9 +151,7 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
         input=[_input(name, mc.TYPE_INT64, [-1]) for name in signature.input_names],
         # [rows, 1] as every backend computes it; the ensemble reshapes it to `scores` [N].
         output=[mc.ModelOutput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[1])],
-        dynamic_batching=mc.ModelDynamicBatching(
-            max_queue_delay_microseconds=settings.max_queue_delay_us, default_queue_policy=queue_policy(settings)
-        ),
+        dynamic_batching=batching(settings, max_queue_delay_us=settings.max_queue_delay_us),
     )
     if settings.profile is Profile.TENSORRT:
         config.platform = "tensorrt_plan"
@@ -188,7 +196,7 @@ def scores_config(settings: ServingSettings) -> mc.ModelConfig:
         ],
         output=[_output(SCORES, mc.TYPE_FP32, [-1])],
         instance_group=[mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
-        dynamic_batching=queue_only_batching(settings),
+        dynamic_batching=batching(settings),
     )
 
 

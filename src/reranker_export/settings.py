@@ -14,7 +14,13 @@ from reranker_client.config import (
     ATTENTION_MASK as ATTENTION_MASK,
 )
 from reranker_client.config import (
+    CANARY_PRIORITY as CANARY_PRIORITY,
+)
+from reranker_client.config import (
     CORE_MODEL_NAME as CORE_MODEL_NAME,
+)
+from reranker_client.config import (
+    DEFAULT_PRIORITY as DEFAULT_PRIORITY,
 )
 from reranker_client.config import (
     DOCUMENT_INDEX as DOCUMENT_INDEX,
@@ -124,7 +130,7 @@ class QueueSettings:
     Each step's queue is therefore bounded, and a request that waits too long is rejected
     (UNAVAILABLE, ``timeout_action: REJECT``) instead of computed. Callers lower the wait with their
     own deadline (``allow_timeout_override``; the Python client sends it), never raise it past
-    ``timeout_us``. Sizing: docs/serve.md, "Overload".
+    ``timeout_us``. Sizing: docs/overload.md.
     """
 
     max_queue_size: int = 128

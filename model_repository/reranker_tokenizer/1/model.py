@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reranker_steps
 
 from reranker_steps.pairs import DEFAULTS, PairEncoder
 from reranker_steps.params import StepParameters
-from reranker_steps.triton import answer_each, input_array
+from reranker_steps.triton import StepMetrics, answer_each, input_array
 
 STEP = "reranker_tokenizer"
 
@@ -31,12 +31,13 @@ class TritonPythonModel:
         params = StepParameters.from_model_config(args["model_config"], DEFAULTS)
         path = os.path.join(args["model_repository"], args["model_version"], params.text("tokenizer_file"))
         self.encoder = PairEncoder.from_file(path, params)
+        self.metrics = StepMetrics(STEP)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         def encode(request: Any) -> dict[str, Any]:
             return self.encoder.encode_request(input_array(request, "query"), input_array(request, "documents"))
 
-        return answer_each(STEP, requests, encode)
+        return answer_each(STEP, requests, encode, self.metrics)
 
     def finalize(self) -> None:
         self.encoder = None

@@ -7,12 +7,13 @@ what the export's validation and the benchmarks use, so every onnxruntime here r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import BadRequest
+from .errors import Abandoned, BadRequest
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -108,6 +109,15 @@ def sub_batches(lengths: np.ndarray, rows_per_run: int) -> list[np.ndarray]:
     return list(np.array_split(order, -(-total // rows_per_run)))
 
 
+def _wanted(_: int) -> str | None:
+    return None
+
+
+def _shifted(why: Callable[[int], str | None], index: int, _: int) -> str | None:
+    """``why`` for request ``index`` of the batch, asked as request 0 of a batch of one."""
+    return why(index)
+
+
 class OnnxScorer:
     """An onnxruntime session that scores rows of token ids: logits FP32 [rows, 1]."""
 
@@ -135,33 +145,60 @@ class OnnxScorer:
         self.pad_values = {"input_ids": pad_token_id}  # attention_mask, token_type_ids pad 0
         self.sub_batch_rows = sub_batch_rows
         self.rows_scored = 0  # rows sent through onnxruntime since start (work done, for tests and stats)
+        self.rows_skipped = 0  # rows not computed because their request was abandoned
 
-    def score_requests(self, batch: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray | Exception]:
+    def score_requests(
+        self,
+        batch: Sequence[Mapping[str, np.ndarray]],
+        *,
+        abandoned: Callable[[int], str | None] | None = None,
+    ) -> list[np.ndarray | Exception]:
         """Logits per request; a request whose rows fail is an exception in its place, alone.
 
         One request's rows can fail the whole run (ids outside the vocabulary from a direct
         caller, say): then each request is scored alone so that only that one fails.
+        ``abandoned(i)`` says why request ``i`` is no longer wanted (cancelled, past its deadline)
+        or ``None``; it is asked before each sub-batch, and an abandoned request's remaining rows
+        are skipped: its place holds ``Abandoned``.
         """
+        why = abandoned or _wanted
         try:
-            return list(self._score_together(batch))
+            return self._score_together(batch, why)
         except Exception as exc:
             if len(batch) == 1:
                 return [exc]
         results: list[np.ndarray | Exception] = []
-        for inputs in batch:
+        for index, inputs in enumerate(batch):
             try:
-                results.extend(self._score_together([inputs]))
+                results.extend(self._score_together([inputs], functools.partial(_shifted, why, index)))
             except Exception as single:
                 results.append(single)
         return results
 
-    def _score_together(self, batch: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+    def _score_together(
+        self, batch: Sequence[Mapping[str, np.ndarray]], abandoned: Callable[[int], str | None]
+    ) -> list[np.ndarray | Exception]:
         feed, rows = concatenate_padded(batch, self.pad_values)
-        logits = self.score(feed)
-        return np.split(logits, np.cumsum(rows)[:-1], axis=0)
+        owners = np.repeat(np.arange(len(batch)), rows)  # the request each row belongs to
+        reasons: dict[int, str] = {}
 
-    def score(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Logits [rows, 1] of one feed, in row order, scored in length-sorted sub-batches."""
+        def skip() -> np.ndarray:
+            for request in range(len(batch)):
+                if request not in reasons and (reason := abandoned(request)) is not None:
+                    reasons[request] = reason
+            return np.isin(owners, list(reasons))
+
+        logits = self.score(feed, skip=skip)
+        parts: list[np.ndarray | Exception] = list(np.split(logits, np.cumsum(rows)[:-1], axis=0))
+        for request, reason in reasons.items():
+            parts[request] = Abandoned(reason)
+        return parts
+
+    def score(self, feed: Mapping[str, np.ndarray], *, skip: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+        """Logits [rows, 1] of one feed, in row order, scored in length-sorted sub-batches.
+
+        ``skip()``, asked before each sub-batch, marks rows not to compute (their logits stay NaN).
+        """
         total = next(iter(feed.values())).shape[0]
         mask = feed.get("attention_mask")
         if mask is None:
@@ -170,8 +207,14 @@ class OnnxScorer:
         else:
             lengths = mask.sum(axis=1)  # rows are right-padded: the mask's sum is the row's length
             chunks = sub_batches(lengths, self.sub_batch_rows)
-        logits = np.empty((total, 1), dtype=np.float32)
-        for chunk in chunks:
+        logits = np.full((total, 1), np.nan, dtype=np.float32)
+        for all_rows in chunks:
+            chunk = all_rows
+            if skip is not None:
+                chunk = all_rows[~skip()[all_rows]]
+                self.rows_skipped += len(all_rows) - len(chunk)
+                if len(chunk) == 0:
+                    continue
             width = max(int(lengths[chunk].max()), 1) if lengths is not None else None
             run_feed = {n: a[chunk, :width] for n, a in feed.items()}
             (out,) = self.session.run([self.output_name], run_feed)

@@ -6,30 +6,105 @@ inside Triton's python backend; the steps' ``model.py`` adapters use it, tests u
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from .errors import BadRequest
+from .errors import Abandoned, BadRequest
 
 
-def error_response(message: str, *, invalid_argument: bool) -> Any:
-    """An error answer: INVALID_ARGUMENT for a request the caller must change, else INTERNAL."""
+def error_response(message: str, *, code: str = "INTERNAL") -> Any:
+    """An error answer with one of ``pb_utils.TritonError``'s codes (INVALID_ARG, CANCELLED, INTERNAL)."""
     try:
-        code = pb_utils.TritonError.INVALID_ARG if invalid_argument else pb_utils.TritonError.INTERNAL
-        error = pb_utils.TritonError(message, code)
+        error = pb_utils.TritonError(message, getattr(pb_utils.TritonError, code))
     except (AttributeError, TypeError):  # python backends older than 23.09 have no error codes
         error = pb_utils.TritonError(message)
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
 def failure_response(step: str, exc: BaseException) -> Any:
-    """The answer to an exception: ``BadRequest`` is the caller's to fix; anything else is ours."""
+    """The answer to an exception: ``BadRequest`` is the caller's to fix, ``Abandoned`` has nobody
+    to read it (CANCELLED); anything else is ours (INTERNAL)."""
     if isinstance(exc, BadRequest):
-        return error_response(str(exc), invalid_argument=True)
-    return error_response(f"{step} failed: {type(exc).__name__}: {exc}", invalid_argument=False)
+        return error_response(str(exc), code="INVALID_ARG")
+    if isinstance(exc, Abandoned):
+        return error_response(f"{step}: not computed, {exc}", code="CANCELLED")
+    return error_response(f"{step} failed: {type(exc).__name__}: {exc}")
+
+
+class Abandonment:
+    """Whether the requests of one ``execute`` are still wanted.
+
+    Triton cancels a request whose gRPC caller went away, and the request carries its timeout
+    (the Python client sends its remaining deadline). A request's age is at least the time since
+    ``execute`` began, so a request running longer than its timeout is certainly past its
+    caller's deadline. Triton's queue policy already drops such requests while they wait; this
+    covers the time they spend being computed.
+    """
+
+    def __init__(self, requests: Sequence[Any]) -> None:
+        self.requests = requests
+        self.started = time.monotonic()
+
+    def reason(self, index: int) -> str | None:
+        request = self.requests[index]
+        if _call(request, "is_cancelled", False):
+            return "cancelled by the caller"
+        timeout_us = _call(request, "timeout", 0)
+        if timeout_us and (time.monotonic() - self.started) * 1e6 > timeout_us:
+            return f"past its {timeout_us / 1e6:g} s timeout"
+        return None
+
+
+def _call(request: Any, method: str, default: Any) -> Any:
+    """A request method that older python backends lack (``is_cancelled`` came in 23.10)."""
+    function = getattr(request, method, None)
+    return function() if function is not None else default
+
+
+class StepMetrics:
+    """The steps' own counters, on Triton's metrics endpoint beside its own (python backend custom
+    metrics): rows computed and skipped, and requests abandoned by reason. No-ops where the
+    python backend has no custom metrics."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self._metrics: dict[tuple[str, str], Any] = {}
+        try:
+            counter = pb_utils.MetricFamily.COUNTER
+            self._families = {
+                "rows_scored": pb_utils.MetricFamily(
+                    name="reranker_rows_scored_total", description="Rows (pairs or windows) computed", kind=counter
+                ),
+                "rows_skipped": pb_utils.MetricFamily(
+                    name="reranker_rows_skipped_total",
+                    description="Rows not computed because their request was abandoned",
+                    kind=counter,
+                ),
+                "abandoned": pb_utils.MetricFamily(
+                    name="reranker_requests_abandoned_total",
+                    description="Requests a step stopped working on: cancelled, or past their timeout",
+                    kind=counter,
+                ),
+            }
+        except AttributeError:
+            self._families = {}
+
+    def add(self, family: str, value: float, **labels: str) -> None:
+        if value <= 0 or family not in self._families:
+            return
+        key = (family, ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        metric = self._metrics.get(key)
+        if metric is None:
+            metric = self._families[family].Metric(labels={"step": self.step, **labels})
+            self._metrics[key] = metric
+        metric.increment(value)
+
+    def abandoned(self, reason: str) -> None:
+        self.add("abandoned", 1, reason="cancelled" if reason.startswith("cancelled") else "deadline")
 
 
 def success_response(outputs: Mapping[str, np.ndarray]) -> Any:
@@ -42,12 +117,23 @@ def input_array(request: Any, name: str) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
-def answer_each(step: str, requests: Sequence[Any], handle: Callable[[Any], Mapping[str, np.ndarray]]) -> list[Any]:
+def answer_each(
+    step: str,
+    requests: Sequence[Any],
+    handle: Callable[[Any], Mapping[str, np.ndarray]],
+    metrics: StepMetrics | None = None,
+) -> list[Any]:
     """One answer per request, each on its own: a bad or failing request never fails the others,
-    and a bug answers that request with INTERNAL instead of taking the model down."""
+    and a bug answers that request with INTERNAL instead of taking the model down. A request
+    nobody waits for any more is answered CANCELLED without being worked on."""
     responses = []
-    for request in requests:
+    abandonment = Abandonment(requests)
+    for index, request in enumerate(requests):
         try:
+            if (reason := abandonment.reason(index)) is not None:
+                if metrics is not None:
+                    metrics.abandoned(reason)
+                raise Abandoned(reason)
             responses.append(success_response(handle(request)))
         except Exception as exc:
             responses.append(failure_response(step, exc))

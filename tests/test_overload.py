@@ -1,0 +1,279 @@
+"""Overload against a real Triton: bounded queues shed at once, the caller's deadline travels and
+expired work is not computed, and the client's retry budget caps its attempts. (That the model
+step skips the rows of an abandoned request is tested on the step itself, in test_steps.py.)
+
+The server here has small queues and a slow model step (one row per onnxruntime run, long
+documents) so that a burst of a few dozen requests is an overload on any machine. Assertions
+are on outcomes and counters (Triton's statistics, the steps' own metrics), never on times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
+
+from reranker_client import (
+    AsyncRerankerClient,
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    RerankerClient,
+    RetryBudget,
+    RetryPolicy,
+    ServerUnavailableError,
+)
+from reranker_client._core import RetryBudgetState
+from reranker_client.config import CORE_MODEL_NAME
+from reranker_client.errors import is_shed, is_stub_failure, translate
+from reranker_export.settings import QueueSettings
+from reranker_export.testmodels import long_document
+from support import rerender_cpu_repository
+
+QUERY = "Which team won the football match on Sunday?"
+DOCUMENTS = [long_document(120 + i) for i in range(48)]  # every pair fills the 128-token budget
+QUEUE_SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def overload_server(cpu_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from reranker_serve import TritonServer
+
+    repository = rerender_cpu_repository(
+        cpu_repository,
+        tmp_path_factory.mktemp("repos") / "overload",
+        queue=QueueSettings(max_queue_size=QUEUE_SIZE),
+        cpu_sub_batch_rows=1,
+        max_queue_delay_us=0,
+    )
+    server = TritonServer(repository, log_file=tmp_path_factory.mktemp("logs") / "triton.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _metrics(server: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of Triton's metrics endpoint (its own and the steps' custom metrics), by name
+    without the ``_total`` that the parser adds to (or keeps on) counters."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(server.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name.removesuffix("_total"), tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _total(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return sum(
+        value
+        for (sample, sample_labels), value in metrics.items()
+        if sample == name and all((k, v) in sample_labels for k, v in labels.items())
+    )
+
+
+def _solo(server: Any) -> np.ndarray:
+    with RerankerClient(server.grpc_url, timeout=60) as client:
+        return client.score(QUERY, DOCUMENTS)
+
+
+# -- classification and the budget, without a server ------------------------------------------------
+
+
+def test_shed_and_stub_failures_are_told_apart_from_other_errors() -> None:
+    shed = InferenceServerException("in ensemble 'reranker', Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
+    expired = InferenceServerException("in ensemble 'reranker', Request timeout expired", "StatusCode.UNAVAILABLE")
+    down = InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+    stub = InferenceServerException("Stub process 'reranker_model_0_0' is not healthy.", "StatusCode.INTERNAL")
+    bug = InferenceServerException("reranker_model failed: ValueError: boom", "StatusCode.INTERNAL")
+    assert is_shed(shed) and is_shed(expired) and not is_shed(down)
+    assert isinstance(translate(shed), OverloadedError) and isinstance(translate(expired), OverloadedError)
+    assert type(translate(down)) is ServerUnavailableError
+    assert is_stub_failure(stub) and not is_stub_failure(bug) and not is_stub_failure(shed)
+
+
+def test_retry_budget_allows_the_floor_then_a_share_of_the_requests() -> None:
+    budget = RetryBudget(ratio=0.1, min_retries=2, window_s=60)
+    assert budget.allows(requests=0, retries=1) and not budget.allows(requests=0, retries=2)
+    assert budget.allows(requests=100, retries=9) and not budget.allows(requests=100, retries=10)
+    state = RetryBudgetState(budget)
+    for _ in range(30):
+        state.record_request()
+    granted = sum(state.try_retry() for _ in range(50))
+    assert granted == 3  # 10% of 30 requests, above the floor of 2
+    for bad in ({"ratio": -0.1}, {"min_retries": -1}, {"window_s": 0}):
+        with pytest.raises(ValueError):
+            RetryBudget(**bad)
+
+
+def test_a_dead_stubs_retries_are_outside_the_budget() -> None:
+    """A zombie replica's INTERNAL is retried (on another replica) even with the budget spent;
+    a shed is not."""
+    import random
+
+    from reranker_client._core import Deadline, RetryState
+
+    policy = RetryPolicy(budget=RetryBudget(ratio=0.0, min_retries=0))
+    budget = RetryBudgetState(policy.budget)  # type: ignore[arg-type]
+    stub = InferenceServerException("Stub process 'reranker_model_0_0' is not healthy.", "StatusCode.INTERNAL")
+    shed = InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
+    for error, retried in ((stub, True), (shed, False)):
+        state = RetryState(policy, Deadline(30), "infer", random.Random(0), budget)
+        state.attempt_timeout()
+        mapped, delay = state.on_error(error)
+        assert (delay is not None) is retried, error
+    assert "retry budget is spent" in str(mapped)
+    no_stub_retries = RetryPolicy(retry_stub_failures=False)
+    state = RetryState(no_stub_retries, Deadline(30), "infer", random.Random(0))
+    state.attempt_timeout()
+    assert state.on_error(stub)[1] is None
+
+
+# -- against the overloaded server ------------------------------------------------------------------
+
+
+def test_a_full_queue_sheds_at_once_with_overloaded_error(overload_server: Any) -> None:
+    expected = _solo(overload_server)
+
+    async def burst() -> tuple[list[Any], list[str]]:
+        finished: list[str] = []
+        async with AsyncRerankerClient(overload_server.grpc_url, timeout=120, retries=RetryPolicy.disabled()) as c:
+
+            async def one() -> Any:
+                try:
+                    scores = await c.score(QUERY, DOCUMENTS)
+                except OverloadedError as exc:
+                    finished.append("shed")
+                    return exc
+                finished.append("ok")
+                return scores
+
+            return list(await asyncio.gather(*(one() for _ in range(3 * QUEUE_SIZE)))), finished
+
+    results, finished = asyncio.run(burst())
+    shed = [r for r in results if isinstance(r, OverloadedError)]
+    answered = [r for r in results if isinstance(r, np.ndarray)]
+    assert shed and answered and len(shed) + len(answered) == 3 * QUEUE_SIZE
+    for error in shed:
+        assert error.code is grpc.StatusCode.UNAVAILABLE and "Exceeds maximum queue size" in str(error)
+        assert isinstance(error, ServerUnavailableError)  # the documented tree: a kind of unavailability
+    for scores in answered:
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+    # A shed answers at once, not after waiting its turn: the first refusal came back before the
+    # admitted requests had all been computed.
+    assert finished.index("shed") < len(finished) - 1 - finished[::-1].index("ok")
+    with RerankerClient(overload_server.grpc_url, timeout=60) as client:
+        assert client.canary().healthy
+
+
+def test_the_callers_deadline_travels_and_expired_work_is_not_computed(overload_server: Any) -> None:
+    before = _metrics(overload_server)
+
+    async def callers() -> list[Any]:
+        # As many callers as the queue holds (none is refused for a full queue), each with a
+        # deadline shorter than the queue's work: the later ones wait past their deadline, and
+        # the server must drop them instead of computing answers nobody reads.
+        async with AsyncRerankerClient(overload_server.grpc_url, timeout=0.25, retries=RetryPolicy.disabled()) as c:
+
+            async def one() -> Any:
+                try:
+                    return await c.score(QUERY, DOCUMENTS)
+                except (OverloadedError, DeadlineExceededError) as exc:
+                    return exc
+
+            return list(await asyncio.gather(*(one() for _ in range(QUEUE_SIZE))))
+
+    results = asyncio.run(callers())
+    answered = sum(isinstance(r, np.ndarray) for r in results)
+    failed = [r for r in results if not isinstance(r, np.ndarray)]
+    assert failed, "the backlog should outlast a 0.25 s deadline on a model this slow"
+
+    def dropped(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+        # Requests whose deadline passed, dropped from the queue by Triton or mid-way by the step.
+        return sum(
+            _total(metrics, name, **labels) - _total(before, name, **labels)
+            for name, labels in (
+                ("nv_inference_request_failure", {"model": CORE_MODEL_NAME, "reason": "REJECTED"}),
+                ("reranker_requests_abandoned", {"step": CORE_MODEL_NAME}),
+            )
+        )
+
+    # Triton counts a request after answering it: read until the count is there (or give up).
+    after = _metrics(overload_server)
+    for _ in range(100):
+        if dropped(after) >= 1:
+            break
+        threading.Event().wait(0.1)
+        after = _metrics(overload_server)
+    assert dropped(after) >= 1
+    rows = _total(after, "reranker_rows_scored", step=CORE_MODEL_NAME) - _total(
+        before, "reranker_rows_scored", step=CORE_MODEL_NAME
+    )
+    # The model computed at most the answered requests' rows, plus the part of one request
+    # it was computing when that request's time ran out.
+    assert rows <= (answered + 1) * len(DOCUMENTS)
+
+
+def test_the_retry_budget_caps_attempts(overload_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A client whose requests are shed retries, but adds at most its budget in attempts."""
+    caplog.set_level(logging.INFO, logger="reranker_client")
+    requests = 24
+    budget = RetryBudget(ratio=0.1, min_retries=2, window_s=600)
+
+    def retries(policy: RetryPolicy) -> int:
+        caplog.clear()
+
+        async def burst() -> None:
+            async with AsyncRerankerClient(overload_server.grpc_url, timeout=3.0, retries=policy) as c:
+                await asyncio.gather(*(c.score(QUERY, DOCUMENTS) for _ in range(requests)), return_exceptions=True)
+
+        asyncio.run(burst())
+        # (Triton's own request counts cannot tell: it counts a request its queue refused twice.)
+        return sum("retrying in" in record.getMessage() for record in caplog.records)
+
+    capped = retries(RetryPolicy(budget=budget))
+    assert 1 <= capped <= math.ceil(max(budget.min_retries, budget.ratio * requests))
+    assert retries(RetryPolicy(budget=None)) > capped  # without a budget the same burst retries more
+
+
+def test_invalid_input_is_never_retried(overload_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="reranker_client")
+    # The client believes the server takes 200 documents; the server's limit is 64.
+    with (
+        RerankerClient(overload_server.grpc_url, timeout=30, max_documents=200) as client,
+        pytest.raises(InvalidInputError) as raised,
+    ):
+        client.score(QUERY, ["a document"] * 100)
+    assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_the_canary_jumps_the_queue_of_a_busy_server(overload_server: Any) -> None:
+    """A liveness probe must not fail because the server is busy: the canary is served first."""
+
+    async def run() -> tuple[bool, int]:
+        async with AsyncRerankerClient(overload_server.grpc_url, timeout=120, retries=RetryPolicy.disabled()) as c:
+            backlog = [asyncio.ensure_future(c.score(QUERY, DOCUMENTS)) for _ in range(QUEUE_SIZE)]
+            await asyncio.sleep(0)  # the backlog is sent first
+            result = await c.canary(timeout=60)
+            pending = sum(not task.done() for task in backlog)
+            await asyncio.gather(*backlog, return_exceptions=True)
+            return result.healthy, pending
+
+    healthy, pending = asyncio.run(run())
+    assert healthy
+    # It came back while most of the backlog, sent before it, still waited.
+    assert pending >= QUEUE_SIZE // 2
