@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from reranker_client import (
     AsyncRerankerClient,
     DeadlineExceededError,
@@ -276,8 +278,6 @@ async def closed_loop(
 
 
 def _percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
     return float(np.percentile(values, q)) if values else 0.0
 
 
@@ -477,7 +477,6 @@ class _Bench:
         if not ok:
             errors = sorted({o.error or o.kind.value for o in outcomes})
             raise BenchmarkError(f"no request succeeded while measuring capacity: {', '.join(errors)}")
-        import numpy as np
 
         capacity = Capacity(
             per_s=len(ok) / elapsed,
