@@ -130,3 +130,16 @@ def bert_server(bert_repository: Path, server_pool: ServerPool) -> Any:
 @pytest.fixture(scope="session")
 def window_server(window_repository: Path, server_pool: ServerPool) -> Any:
     return server_pool.get("window", window_repository)
+
+
+# -- the HTTP gateway in front of the session's server -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gateway(triton_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``reranker-gateway`` (a subprocess, default settings) in front of ``triton_server``."""
+    from support import start_gateway
+
+    running = start_gateway(triton_server.grpc_url, tmp_path_factory.mktemp("gateway"))
+    yield running
+    running.stop()

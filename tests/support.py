@@ -99,3 +99,58 @@ def model_counts(client: Any, model: str, *, at_least: int = 0, timeout_s: float
         if counts.requests >= at_least or time.monotonic() > deadline:
             return counts
         pause.wait(0.05)  # never wakes early: a pause between reads, not a synchronisation
+
+
+@dataclasses.dataclass
+class RunningGateway:
+    """A ``reranker-gateway`` subprocess: its base URL and its log."""
+
+    url: str
+    process: Any
+    log_path: Path
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+
+def start_gateway(triton_url: str, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> RunningGateway:
+    """Start ``reranker-gateway --triton triton_url ARGS`` on a free port; return once ``/livez`` answers."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from reranker_common import free_port
+
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"gateway-{port}.log"
+    command = [sys.executable, "-m", "reranker_gateway", "--triton", triton_url, "--port", str(port), *args]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+    gateway = RunningGateway(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    deadline = time.monotonic() + 60
+    pause = threading.Event()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{gateway.url}/livez", timeout=2).status_code == 200:
+                return gateway
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            gateway.stop()
+            raise RuntimeError(f"the gateway did not answer within 60 s: {log_path.read_text()[-2000:]}")
+        pause.wait(0.1)  # a pause between probes, not a synchronisation

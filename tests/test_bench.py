@@ -46,6 +46,14 @@ def test_reference_server_refuses_a_directory_without_a_model(tmp_path: Path) ->
     ]
 
 
+def test_heal_refuses_a_repository_without_the_ensemble(tmp_path: Path) -> None:
+    done = _run("heal", "--repository", str(tmp_path), timeout=60)
+    assert done.returncode == EXIT_USAGE
+    assert done.stderr.strip().splitlines() == [
+        f"reranker-bench: error: {tmp_path} has no 'reranker' ensemble (export a cpu-profile repository)"
+    ]
+
+
 def test_gpu_benchmark_says_so_and_stops_without_a_gpu(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -236,3 +244,60 @@ def test_benchmark_refuses_systems_that_disagree(triton_server: Any, tmp_path: P
 
     with pytest.raises(BenchmarkError, match="disagree"):
         check_parity(workload, shifted, off_by_one, tolerance=1e-3)
+
+
+# -- the gateway's overhead (reranker-bench gateway) -------------------------------------------------
+
+
+def _path(path: str, concurrency: int, seconds: float, p50_ms: float) -> Any:
+    from reranker_bench.gateway import PathResult
+
+    return PathResult(
+        path=path,
+        concurrency=concurrency,
+        requests=100,
+        seconds=seconds,
+        p50_ms=p50_ms,
+        p95_ms=p50_ms * 2,
+        gateway_cpu_ms=None,
+    )
+
+
+def test_gateway_targets_are_judged_per_level() -> None:
+    from reranker_bench.gateway import GatewayBenchReport, GatewayBenchSettings, LevelComparison, format_gateway_report
+
+    def report(added_ms: float, gateway_seconds: float) -> GatewayBenchReport:
+        levels = (
+            LevelComparison(direct=_path("d", 1, 10.0, 20.0), gateway=_path("g", 1, 10.0, 20.0 + added_ms)),
+            LevelComparison(direct=_path("d", 16, 10.0, 80.0), gateway=_path("g", 16, gateway_seconds, 80.0)),
+        )
+        return GatewayBenchReport(command="x", machine={}, settings={}, levels=levels)
+
+    assert report(0.9, 10.4).missed() == []  # +0.9 ms, 3.8% fewer requests/s
+    missed = report(1.5, 11.0).missed()  # +1.5 ms at both levels' c=1, 9.1% lost at c=16
+    assert len(missed) == 2 and "c=1: +1.50 ms" in missed[0] and "c=16: 9.1% throughput lost" in missed[1]
+    assert "targets missed" in format_gateway_report(report(1.5, 11.0))
+    with pytest.raises(BenchmarkError, match="at least one request per round"):
+        GatewayBenchSettings(requests=2, rounds=4)
+
+
+def test_gateway_benchmark_runs_against_a_real_server(triton_server: Any, tmp_path: Path) -> None:
+    from reranker_bench.gateway import GatewayBenchSettings, run_gateway_benchmark
+
+    settings = GatewayBenchSettings(
+        concurrency=(1, 2),
+        requests=4,
+        rounds=2,
+        warmup=1,
+        candidates=5,
+        document_words="4-8",
+        top_n=3,
+        triton_url=triton_server.grpc_url,
+        work_dir=tmp_path,
+    )
+    report = run_gateway_benchmark(settings, command="test", progress=lambda _: None)
+    assert [level.direct.concurrency for level in report.levels] == [1, 2]
+    for level in report.levels:
+        assert level.direct.requests == level.gateway.requests == 4
+        assert level.gateway.gateway_cpu_ms is not None and level.gateway.gateway_cpu_ms > 0
+    assert json.loads(json.dumps(report.to_json()))["levels"][0]["concurrency"] == 1

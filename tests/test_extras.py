@@ -2,7 +2,9 @@
 
 ``[serve]`` runs ``reranker-serve`` without torch or transformers, and the demo, which also needs
 export and client, says which extra to install; ``[loadtest]`` runs ``reranker-loadtest`` without
-torch, onnxruntime or the Triton wheel; ``[eval]`` runs ``reranker-eval`` without them either.
+torch, onnxruntime or the Triton wheel; ``[eval]`` runs ``reranker-eval`` without them either;
+``[gateway]`` runs ``reranker-gateway`` with neither the model stack nor Triton (its container image
+installs only this extra).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ EXTRAS = {
     "serve": ("reranker-serve", {"torch", "transformers", "onnx", "locust"}),
     "loadtest": ("reranker-loadtest", {"torch", "transformers", "onnxruntime", "tokenizers", "nvidia-pytriton"}),
     "eval": ("reranker-eval", {"torch", "transformers", "onnxruntime", "tokenizers", "nvidia-pytriton", "locust"}),
+    "gateway": (
+        "reranker-gateway",
+        {"torch", "transformers", "onnx", "onnxruntime", "tokenizers", "nvidia-pytriton", "locust"},
+    ),
 }
 
 

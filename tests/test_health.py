@@ -8,19 +8,15 @@ every request fails; the canary is what sees it.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
+from reranker_bench.heal import kill_stubs
 from reranker_client import AsyncRerankerClient, RerankerClient
 from reranker_client.config import CORE_MODEL_NAME
 
@@ -38,30 +34,6 @@ def own_server(cpu_repository: Path, tmp_path: Path) -> Iterator[Any]:
     finally:
         # A server with a dead stub waits its whole exit timeout for it; nothing here needs grace.
         server.stop(grace_s=1.0)
-
-
-def _kill_stubs(server_pid: int, model: str) -> int:
-    """SIGKILL the python backend stubs serving ``model``; returns how many died."""
-    stubs = [
-        p
-        for p in psutil.Process(server_pid).children(recursive=True)
-        if "triton_python_backend_stub" in " ".join(p.cmdline()) and any(model in a for a in p.cmdline())
-    ]
-    for stub in stubs:
-        os.kill(stub.pid, signal.SIGKILL)
-    # Dead at once; until Triton reaps them they are zombies (not our children to wait for).
-    deadline, pause = time.monotonic() + 30, threading.Event()
-    while not all(_dead(stub) for stub in stubs):
-        assert time.monotonic() < deadline, "killed stubs still running"
-        pause.wait(0.05)
-    return len(stubs)
-
-
-def _dead(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _health(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -86,7 +58,7 @@ def test_canary_sees_a_dead_stub_that_readiness_misses(own_server: Any) -> None:
     url = own_server.grpc_url
     with RerankerClient(url) as client:
         assert client.canary().healthy
-        assert _kill_stubs(own_server.pid, CORE_MODEL_NAME) >= 1
+        assert kill_stubs(own_server.pid, CORE_MODEL_NAME) >= 1
         # The zombie: Triton still answers live and ready...
         assert client.is_live() and client.is_ready()
         # ...but the canary, like every request, fails, and says why.

@@ -60,6 +60,9 @@ KUSTOMIZATIONS = {**{name: K8S / "overlays" / name for name in OVERLAYS}, "loadt
 NAMESPACE = "reranker"
 SERVER_DOCKERFILE = K8S / "server" / "Dockerfile"
 LOADTEST_DOCKERFILE = K8S / "loadtest" / "Dockerfile"
+GATEWAY_DOCKERFILE = K8S / "gateway" / "Dockerfile"
+GATEWAY_CONTAINER = "gateway"
+GATEWAY_PORT = 8080
 ENGINE_INIT_CONTAINER = "build-engine"
 TRITON_CONTAINER = "triton"
 REPOSITORY_VOLUME = "model-repository"
@@ -417,9 +420,10 @@ def test_checkov_passes_on_the_rendered_manifests(tmp_path: Path) -> None:
 
 
 def test_checkov_passes_on_the_dockerfiles() -> None:
-    reports = _run_checkov(
-        "--file", str(SERVER_DOCKERFILE), "--file", str(LOADTEST_DOCKERFILE), "--framework", "dockerfile"
-    )
+    files = [
+        arg for path in (SERVER_DOCKERFILE, LOADTEST_DOCKERFILE, GATEWAY_DOCKERFILE) for arg in ("--file", str(path))
+    ]
+    reports = _run_checkov(*files, "--framework", "dockerfile")
     assert [r["check_type"] for r in reports] == ["dockerfile"]
     assert reports[0]["summary"]["passed"] > 0
     assert not _failed_checks(reports), "checkov failed checks:\n" + "\n".join(_failed_checks(reports))
@@ -539,6 +543,7 @@ def test_ports_services_and_probes_agree(overlay: str) -> None:
     assert http["spec"]["type"] == "ClusterIP" and http["spec"].get("clusterIP") != "None"
     assert {(p["name"], p["port"], p["targetPort"]) for p in http["spec"]["ports"]} == {
         ("http", DEFAULT_HTTP_PORT, "http"),
+        ("rerank", GATEWAY_PORT, "rerank"),
         ("metrics", DEFAULT_METRICS_PORT, "metrics"),
     }
     for service in (grpc, http):
@@ -556,9 +561,28 @@ def test_ports_services_and_probes_agree(overlay: str) -> None:
     policy = find(objects, "NetworkPolicy", "reranker")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
     allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed == set(ports), "every container port is reachable, by its own rule"
+    assert allowed == set(ports) | {"rerank"}, "every container port is reachable, by its own rule"
     budget = find(objects, "PodDisruptionBudget")
     assert selects(budget["spec"]["selector"]["matchLabels"], pod_labels)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_sidecar_calls_triton_on_localhost(overlay: str) -> None:
+    from reranker_gateway.cli import build_parser
+
+    workload = deployment(overlay)
+    gateway = container(workload, GATEWAY_CONTAINER)
+    args = build_parser().parse_args(gateway["args"])  # the image's command line parses
+    assert args.triton == f"localhost:{DEFAULT_GRPC_PORT}" and args.host == "0.0.0.0" and args.port == GATEWAY_PORT
+    assert {p["name"]: p["containerPort"] for p in gateway["ports"]} == {"rerank": GATEWAY_PORT}
+    # Ready only when a canary rerank goes through the whole ensemble; alive while the loop answers.
+    ready, live = gateway["readinessProbe"], gateway["livenessProbe"]
+    assert ready["httpGet"] == {"path": "/health", "port": "rerank"}
+    assert live["httpGet"] == {"path": "/livez", "port": "rerank"}
+    assert args.health_timeout < ready["timeoutSeconds"], "the canary must end before the probe gives up"
+    assert "nvidia.com/gpu" not in gateway["resources"]["limits"]
+    grace = pod_spec(workload)["terminationGracePeriodSeconds"]
+    assert gateway["lifecycle"]["preStop"] == triton(overlay)["lifecycle"]["preStop"] and grace > 10
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -891,7 +915,14 @@ def test_images_are_pinned_to_one_release_and_install_from_the_lock() -> None:
     assert re.search(r"^COPY requirements/lock\.txt \./requirements/lock\.txt$", loadtest, re.M)
     # The base image's Python is the lock's.
     assert re.search(r"^FROM python:3\.11\.\d+-slim", loadtest, re.M)
-    for dockerfile in (SERVER_DOCKERFILE, LOADTEST_DOCKERFILE):
+    gateway = GATEWAY_DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r'^RUN PIP_CONSTRAINT=requirements/lock\.txt pip install [^\n]*"\.\[gateway\]"$', gateway, re.M)
+    assert re.search(r"^COPY requirements/lock\.txt \./requirements/lock\.txt$", gateway, re.M)
+    assert re.search(r"^COPY src \./src$", gateway, re.M)
+    assert re.search(r"^FROM python:3\.11\.\d+-slim", gateway, re.M)
+    gateway_ignore = (K8S / "gateway" / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
+    assert {"!src/", "!pyproject.toml", "!README.md", "!requirements/lock.txt"} <= set(gateway_ignore)
+    for dockerfile in (SERVER_DOCKERFILE, LOADTEST_DOCKERFILE, GATEWAY_DOCKERFILE):
         for image in re.findall(r"^FROM (\S+)", dockerfile.read_text(encoding="utf-8"), re.M):
             assert image == "base" or re.search(r":[\w${}.-]+$", image), f"{dockerfile}: unpinned {image}"
     for name in KUSTOMIZATIONS:
@@ -1092,9 +1123,10 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
             if selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
         ]
         assert [s["metadata"]["name"] for s in selected] == ["reranker"]
-        (endpoint,) = monitor["spec"]["endpoints"]
-        assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
-        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        endpoints = monitor["spec"]["endpoints"]
+        assert {e["port"] for e in endpoints} <= {p["name"] for p in selected[0]["spec"]["ports"]}
+        # Triton's metrics port, and the gateway's /metrics on its API port.
+        assert sorted((e["port"], e["path"]) for e in endpoints) == [("metrics", "/metrics"), ("rerank", "/metrics")]
     dashboards = [
         c for c in kinds(rendered("gpu-tensorrt"), "ConfigMap") if "grafana_dashboard" in c["metadata"]["labels"]
     ]

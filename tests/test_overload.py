@@ -119,8 +119,8 @@ def test_retry_budget_allows_the_floor_then_a_share_of_the_requests() -> None:
             RetryBudget(**bad)
 
 
-def test_a_dead_stubs_retries_are_outside_the_budget() -> None:
-    """A zombie replica's INTERNAL is retried (on another replica) even with the budget spent;
+def test_only_sheds_spend_the_retry_budget() -> None:
+    """A zombie replica's INTERNAL and a refused connection are retried with the budget spent;
     a shed is not."""
     import random
 
@@ -130,7 +130,8 @@ def test_a_dead_stubs_retries_are_outside_the_budget() -> None:
     budget = RetryBudgetState(policy.budget)  # type: ignore[arg-type]
     stub = InferenceServerException("Stub process 'reranker_model_0_0' is not healthy.", "StatusCode.INTERNAL")
     shed = InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
-    for error, retried in ((stub, True), (shed, False)):
+    down = InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+    for error, retried in ((stub, True), (down, True), (shed, False)):
         state = RetryState(policy, Deadline(30), "infer", random.Random(0), budget)
         state.attempt_timeout()
         mapped, delay = state.on_error(error)
@@ -222,15 +223,16 @@ def test_the_callers_deadline_travels_and_expired_work_is_not_computed(overload_
     rows = _total(after, "reranker_rows_scored", step=CORE_MODEL_NAME) - _total(
         before, "reranker_rows_scored", step=CORE_MODEL_NAME
     )
-    # The model computed at most the answered requests' rows, plus the part of one request
-    # it was computing when that request's time ran out.
-    assert rows <= (answered + 1) * len(DOCUMENTS)
+    # Work for callers who had gone was not done: fewer rows than the requests held. (Not
+    # "only the answered ones": each step's queue counts the timeout from its own start, so a
+    # request can still be dequeued just in time and finish after its caller gave up.)
+    assert answered * len(DOCUMENTS) <= rows < len(results) * len(DOCUMENTS)
 
 
 def test_the_retry_budget_caps_attempts(overload_server: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A client whose requests are shed retries, but adds at most its budget in attempts."""
     caplog.set_level(logging.INFO, logger="reranker_client")
-    requests = 24
+    requests = 4 * QUEUE_SIZE  # more than both steps' queues and instances hold: many are shed
     budget = RetryBudget(ratio=0.1, min_retries=2, window_s=600)
 
     def retries(policy: RetryPolicy) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.abc
+import os
 import re
 import signal
 import subprocess
@@ -283,6 +284,16 @@ def test_cli_help() -> None:
     result = subprocess.run(cli("--help"), capture_output=True, text=True, timeout=50, check=False)
     assert result.returncode == 0
     assert "--model-repository" in result.stdout and "--timeout" in result.stdout
+    assert all(
+        flag in result.stdout for flag in ("--no-heal", "--canary-interval", "--canary-failures", "--max-restarts")
+    )
+
+
+@pytest.mark.timeout(60)
+def test_cli_canary_timeout_past_the_interval_is_a_usage_error(add_one_repo: Path) -> None:
+    args = ("--model-repository", add_one_repo, "--canary-interval", "1", "--canary-timeout", "2")
+    result = subprocess.run(cli(*args), capture_output=True, text=True, timeout=50, check=False)
+    assert result.returncode == 2 and "canary_timeout_s must not exceed canary_interval_s" in result.stderr
 
 
 @pytest.mark.timeout(120)
@@ -343,3 +354,57 @@ def test_cli_serves_until_sigterm(add_one_repo: Path, tmp_path: Path) -> None:
         assert process.wait(timeout=90) == 0
         assert process.stderr is not None and process.stderr.read() == ""
     assert live_group_members(server_pid) == []
+
+
+@pytest.mark.timeout(240)
+def test_cli_restarts_a_killed_server_then_gives_up_past_max_restarts(cpu_repository: Path, tmp_path: Path) -> None:
+    from reranker_client import RerankerClient
+
+    command = cli(
+        "--model-repository",
+        cpu_repository,
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--log-file",
+        tmp_path / "triton.log",
+        "--max-restarts",
+        "1",
+    )
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None and process.stderr is not None
+        printed = []
+        for line in process.stdout:  # bounded by the test timeout; ends early if the CLI exits
+            printed.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        text = "".join(printed)
+        pid_match = re.search(r"\(pid (\d+)\)", text)
+        grpc_match = re.search(r"gRPC:\s+(\S+)", text)
+        assert pid_match and grpc_match and "healing: canary every 5 s" in text, text
+        first_pid = int(pid_match[1])
+        os.kill(first_pid, signal.SIGKILL)
+        logged = []
+        for line in process.stderr:  # the supervisor's log, until the restarted server serves
+            logged.append(line)
+            if "serving again" in line:
+                break
+        restarted = re.search(r"serving again .*pid (\d+)\)", logged[-1])
+        assert restarted and int(restarted[1]) != first_pid, logged
+        assert any("server exited" in line and "code -9" in line for line in logged), logged
+        assert any("restarting tritonserver (1 of at most 1" in line for line in logged), logged
+        # Same port as before the kill: a client that knew the address reranks again.
+        with RerankerClient(grpc_match[1]) as client:
+            assert client.canary().healthy
+        assert live_group_members(first_pid) == []
+        # The second death is one restart too many: exit 1 with one clear line, and nothing left.
+        second_pid = int(restarted[1])
+        os.kill(second_pid, signal.SIGKILL)
+        assert process.wait(timeout=120) == 1
+        rest = process.stderr.read()
+    assert "reranker-serve: error: tritonserver stopped serving again after 1 restart(s)" in rest, rest
+    assert "giving up" in rest and "Traceback" not in rest
+    assert live_group_members(second_pid) == []

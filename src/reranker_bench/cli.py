@@ -5,6 +5,8 @@
     reranker-bench client [OPTIONS]        the client's own cost, and requests in flight
     reranker-bench reference-server ...    run the reference server (FastAPI + FlagReranker) alone
     reranker-bench gpu-check [OPTIONS]     one prepared run on a CUDA GPU machine (see reranker_bench.gpu_check)
+    reranker-bench gateway [OPTIONS]       the HTTP gateway's overhead against direct gRPC, side by side
+    reranker-bench heal --repository R     kill a replica's python stubs under load: detection, recovery, failures
     reranker-bench overload [OPTIONS]      goodput, shedding and recovery at 0.5-4x capacity (open loop)
 
 Exit codes: 0 done, 1 the benchmark failed (or missed its target), 2 usage error, 130 interrupted.
@@ -38,8 +40,9 @@ from .reference import REFERENCE_SUBCOMMAND, ReferenceSettings, Scheduling
 from .serving import ServingBenchSettings, serving_settings
 
 PROG = "reranker-bench"
-COMPARE, SERVING, CLIENT, GPU_CHECK, OVERLOAD = "compare", "serving", "client", "gpu-check", "overload"
-COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, OVERLOAD)
+COMPARE, SERVING, CLIENT, GPU_CHECK = "compare", "serving", "client", "gpu-check"
+GATEWAY, HEAL, OVERLOAD = "gateway", "heal", "overload"
+COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, GATEWAY, HEAL, OVERLOAD)
 DEFAULT_COMMAND = COMPARE
 
 Configure = Callable[[argparse.Namespace], Any]
@@ -449,6 +452,113 @@ def _run_overload(settings: Any, args: argparse.Namespace, command: str, progres
     return EXIT_OK
 
 
+# -- gateway ---------------------------------------------------------------------------------
+
+
+def _add_gateway(commands: Any) -> None:
+    parser = _subcommand(
+        commands,
+        GATEWAY,
+        "the HTTP gateway's overhead: the same reranks through reranker-gateway and straight over gRPC",
+        "Send the same reranks straight to Triton (gRPC, AsyncRerankerClient) and through reranker-gateway "
+        "(HTTP POST /v1/rerank), alternating in rounds on one server. Reports p50/p95, requests/s and the "
+        "gateway's CPU per request; exits 1 when it misses a target (<= 1 ms added p50, <= 5%% throughput "
+        "lost at the highest concurrency).",
+        _gateway_settings,
+        _run_gateway,
+    )
+    parser.add_argument("--concurrency", type=int_list, default=(1, 16), help="comma-separated levels")
+    parser.add_argument("--requests", type=int, default=200, help="measured requests per level and path")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two paths per level")
+    parser.add_argument("--warmup", type=int, default=16, help="warm-up requests per path")
+    parser.add_argument("--candidates", type=int, default=50, help="documents per request")
+    parser.add_argument("--document-words", default="normal:100-300", help="passage length in words: KIND:LOW-HIGH")
+    parser.add_argument("--top-n", type=int, default=5)
+    parser.add_argument("--triton-url", default=None, help="use this running Triton (host:port)")
+    parser.add_argument(
+        "--repository", type=Path, default=None, help="serve this cpu repository (default: the tiny test model's)"
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("bench-work/gateway"), help="model, repository, logs")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+
+
+def _gateway_settings(args: argparse.Namespace) -> Any:
+    from .gateway import GatewayBenchSettings
+
+    return GatewayBenchSettings(
+        concurrency=args.concurrency,
+        requests=args.requests,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        candidates=args.candidates,
+        document_words=args.document_words,
+        top_n=args.top_n,
+        triton_url=args.triton_url,
+        repository=args.repository,
+        work_dir=args.work_dir,
+    )
+
+
+def _run_gateway(settings: Any, args: argparse.Namespace, command: str, progress: Progress) -> int:
+    from .gateway import format_gateway_report, run_gateway_benchmark
+    from .machine import describe_machine
+
+    report = run_gateway_benchmark(settings, command=command, progress=progress)
+    print(f"hardware: {describe_machine(report.machine)}")
+    print(format_gateway_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return EXIT_FAILURE if report.missed() else EXIT_OK
+
+
+# -- heal --------------------------------------------------------------------------------------
+
+
+def _add_heal(commands: Any) -> None:
+    parser = _subcommand(
+        commands,
+        HEAL,
+        "the stub-kill experiment: detection and recovery by reranker-serve's self-healing",
+        "Start --replicas reranker-serve processes (default healing) on a cpu-profile repository, load "
+        "them through one client (default retries, round-robin) at --load-share of their capacity, "
+        "SIGKILL the python stubs of the first replica and measure, from the kill: the first failed "
+        "direct probe, the supervisor's detection and recovery, the first passing probe, and the "
+        "client-visible failures. Writes heal.json, the server logs and reranker-serve's logs to --output-dir.",
+        _heal_settings,
+        _run_heal,
+    )
+    parser.add_argument("--repository", type=Path, required=True, help="a cpu-profile model repository")
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--load-share", type=float, default=0.5, help="offered load / measured capacity")
+    parser.add_argument("--output-dir", type=Path, default=Path("heal-results"))
+
+
+def _heal_settings(args: argparse.Namespace) -> Any:
+    from .heal import HealSettings
+
+    settings = HealSettings(
+        repository=args.repository,
+        replicas=args.replicas,
+        trials=args.trials,
+        load_share=args.load_share,
+        output_dir=args.output_dir,
+    )
+    settings.check()
+    return settings
+
+
+def _run_heal(settings: Any, args: argparse.Namespace, command: str, progress: Progress) -> int:
+    from .heal import format_report, run
+    from .machine import describe_machine
+
+    report = run(settings, progress)
+    print(f"hardware: {describe_machine(report['machine'])}\ncommand: {command}\n{format_report(report)}")
+    if not report["healed_within_30s"]:
+        return _error("a replica was not serving again within 30 s of the kill", EXIT_FAILURE)
+    return EXIT_OK
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -466,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client(commands)
     _add_reference(commands)
     _add_gpu_check(commands)
+    _add_gateway(commands)
+    _add_heal(commands)
     _add_overload(commands)
     return parser
 

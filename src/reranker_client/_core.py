@@ -40,6 +40,7 @@ from .errors import (
     RerankerError,
     ServerError,
     ServerUnavailableError,
+    is_shed,
     is_stub_failure,
     translate,
 )
@@ -177,9 +178,10 @@ class RetryState:
             why = "retries exhausted"
         elif delay >= self.deadline.remaining():
             why = "no time left before the deadline"
-        elif self.budget is not None and not is_stub_failure(error) and not self.budget.try_retry():
-            # (A dead stub's INTERNAL costs its server nothing, and under round_robin the retry
-            # goes to another replica: the budget guards overloaded servers, not these.)
+        elif self.budget is not None and is_shed(error) and not self.budget.try_retry():
+            # Only a shed spends the budget: it guards servers that refuse work for lack of
+            # capacity. A refused connection or a dead stub's INTERNAL cost nobody anything, and
+            # under round_robin their retry goes to another replica (or waits for a restart).
             why = "the client's retry budget is spent"
         if not why:
             name = mapped.code.name if mapped.code is not None else "error"

@@ -72,14 +72,15 @@ class TLSConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RetryBudget:
-    """How many retries one client may add, so that retries cannot multiply the load of a server
-    that is shedding it (a retry storm).
+    """How many retries of shed requests one client may add, so that retries cannot multiply the
+    load of a server that is shedding it (a retry storm).
 
     Over the last ``window_s`` seconds, retries may number at most ``ratio`` times the requests
     sent, or ``min_retries``, whichever is larger: the floor lets a quiet client ride out a
-    restart, the ratio caps a busy one at ``1 + ratio`` attempts per request. Retries of a dead
-    stub's INTERNAL are not counted: the failing replica spent nothing on them, and the retry
-    goes to another one.
+    restart, the ratio caps a busy one at ``1 + ratio`` attempts per request. Only retries of a
+    shed (Triton's queue refused the request) count: a refused connection or a dead stub's
+    INTERNAL costs its server nothing, and the retry goes to another replica or waits out a
+    restart within the deadline.
     """
 
     ratio: float = 0.1

@@ -1,4 +1,4 @@
-"""Local Triton server launcher: runs the ``tritonserver`` bundled in ``nvidia-pytriton``."""
+"""Local Triton server launcher: runs the ``tritonserver`` bundled in ``nvidia-pytriton``, and heals it."""
 
 from .errors import (
     ModelRepositoryError,
@@ -18,16 +18,22 @@ from .server import (
     free_port,
     server_error,
 )
+from .supervisor import HealingError, HealingPolicy, Restart, RestartReason, Supervisor
 
 __all__ = [
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HTTP_PORT",
     "DEFAULT_METRICS_PORT",
     "SERVER_FLAGS",
+    "HealingError",
+    "HealingPolicy",
     "ModelRepositoryError",
+    "Restart",
+    "RestartReason",
     "ServeError",
     "ServerStartError",
     "ServerTimeoutError",
+    "Supervisor",
     "TritonInstall",
     "TritonNotFoundError",
     "TritonServer",

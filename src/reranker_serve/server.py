@@ -187,9 +187,9 @@ def server_error(lines: Sequence[str]) -> str | None:
 class _LogReader:
     """Reads the complete lines appended to the server log since the last call."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: int = 0) -> None:
         self._path = path
-        self._offset = 0
+        self._offset = offset
         self._partial = b""
         self.lines: list[str] = []
 
@@ -333,6 +333,7 @@ class TritonServer:
         self._grpc_port: int | None = None
         self._metrics_port: int | None = None
         self._log_path: Path | None = None
+        self._log_offset = 0  # where the current run's lines begin (a restart appends)
         self._command: tuple[str, ...] = ()
         self._running: _Running | None = None
         self._finalizer: weakref.finalize | None = None
@@ -420,15 +421,32 @@ class TritonServer:
             return None
 
     def last_error(self) -> str | None:
-        """The server's most telling error line in its log so far, if any."""
+        """The most telling error line the server has logged since its last start, if any."""
         if self._log_path is None:
             return None
-        return server_error(_LogReader(self._log_path).read_all())
+        return server_error(_LogReader(self._log_path, self._log_offset).read_all())
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> TritonServer:
         """Start the server and block until it is ready. Returns ``self``."""
+        return self._start(append_log=False)
+
+    def restart(self, *, grace_s: float | None = None) -> TritonServer:
+        """Stop the server (``grace_s`` as in ``stop``) and start it again on the same ports.
+
+        Clients keep their addresses and reconnect. The log goes on in the same file, appended.
+        Raises like ``start``; a port taken meanwhile by another process is a ``ServerStartError``.
+        """
+        with self._lock:
+            if self._http_port is None or self._log_path is None:
+                raise ServeError("the server has not been started")
+            self.stop(grace_s=grace_s)
+            self._requested_ports = (self._http_port, self._grpc_port, self._metrics_port)
+            self._log_file = self._log_path
+            return self._start(append_log=True)
+
+    def _start(self, *, append_log: bool) -> TritonServer:
         with self._lock:
             if self.is_running():
                 raise ServeError(f"the server is already running (pid {self.pid})")
@@ -442,7 +460,7 @@ class TritonServer:
             while True:
                 attempts_left -= 1
                 try:
-                    self._launch(install, workdir)
+                    self._launch(install, workdir, append_log=append_log)
                     self._wait_ready()
                     return self
                 except ServerStartError as error:
@@ -453,7 +471,7 @@ class TritonServer:
                     self.stop()
                     raise
 
-    def _launch(self, install: TritonInstall, workdir: Path) -> None:
+    def _launch(self, install: TritonInstall, workdir: Path, *, append_log: bool) -> None:
         http, grpc, metrics = self._requested_ports
         self._http_port = http if http is not None else free_port(self.host)
         self._grpc_port = grpc if grpc is not None else free_port(self.host)
@@ -489,7 +507,8 @@ class TritonServer:
         env["PATH"] = os.pathsep.join(filter(None, [interpreter_bin, env.get("PATH")]))
 
         assert self._log_path is not None
-        with self._log_path.open("wb") as log:
+        self._log_offset = self._log_path.stat().st_size if append_log and self._log_path.exists() else 0
+        with self._log_path.open("ab" if append_log else "wb") as log:
             process = subprocess.Popen(
                 [*_parent_death_prefix(), *self._command],
                 stdin=subprocess.DEVNULL,
@@ -511,7 +530,7 @@ class TritonServer:
     def _wait_ready(self) -> None:
         assert self._running is not None and self._log_path is not None
         process = self._running.process
-        log = _LogReader(self._log_path)
+        log = _LogReader(self._log_path, self._log_offset)
         deadline = time.monotonic() + self.startup_timeout_s
         interval = 0.02
         while True:
