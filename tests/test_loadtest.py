@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 
-from reranker_loadtest.errors import SloError, WorkloadError
+from reranker_loadtest.errors import LoadtestError, SloError, WorkloadError
 from reranker_loadtest.runner import LoadtestSettings, locust_command, run_loadtest, split_passthrough
-from reranker_loadtest.slo import RunSummary, SloSettings, Verdict, evaluate, format_verdict
+from reranker_loadtest.slo import (
+    RunSummary,
+    SloSettings,
+    Verdict,
+    classify_failures,
+    evaluate,
+    failure_code,
+    format_verdict,
+)
 from reranker_loadtest.workload import (
     Distribution,
     LengthDistribution,
@@ -153,6 +161,42 @@ def test_verdict_round_trips_and_prints(tmp_path: Path) -> None:
         Verdict.read(tmp_path / "missing.json")
 
 
+def test_verdict_reports_goodput_and_shed_ratio_beside_p95(tmp_path: Path) -> None:
+    failures = {
+        """GrpcRequestFailed("UNAVAILABLE: 'reranker' queue is full")""": 30,
+        "DEADLINE_EXCEEDED: Deadline Exceeded": 10,
+        "GrpcRequestFailed('INVALID_ARGUMENT: too many documents')": 2,
+    }
+    # Keys as one process has them, and as a worker's repr reaches the master.
+    assert failure_code(next(iter(failures))) == "UNAVAILABLE"
+    assert failure_code("DEADLINE_EXCEEDED: Deadline Exceeded") == "DEADLINE_EXCEEDED"
+    assert failure_code("ValueError('x')") is None
+    shed, deadline_misses = classify_failures(failures)
+    assert (shed, deadline_misses) == (30, 10)
+    summary = _summary(
+        requests=200,
+        failures=42,
+        failures_by_error=failures,
+        shed=shed,
+        deadline_misses=deadline_misses,
+        arrival_rate=20.0,
+        requests_by_worker={"w1": 120, "w2": 80},
+    )
+    assert summary.goodput_per_s == pytest.approx(15.8)  # (200 - 42) / 10 s
+    assert summary.shed_ratio == pytest.approx(0.15)
+    verdict = evaluate(summary, SloSettings(max_failure_ratio=0.5))
+    text = format_verdict(verdict)
+    assert "open loop, offered 20 req/s; goodput 15.80 req/s; shed ratio 0.15 (30/200)" in text
+    assert "deadline misses 10; p95 150.0 ms" in text and "workers: 2 (requests: 120, 80)" in text
+    verdict.write(tmp_path / "v.json")
+    assert Verdict.read(tmp_path / "v.json") == verdict
+    # A verdict written before these fields existed still reads (as a closed-loop run without sheds).
+    old = verdict.to_json()
+    for key in ("shed", "deadline_misses", "arrival_rate", "requests_by_worker"):
+        del old["summary"][key]
+    assert Verdict.from_json(old).summary.arrival_rate is None
+
+
 @pytest.mark.parametrize("kwargs", [{"p95_ms": 0.0}, {"p95_ms": -1.0}, {"max_failure_ratio": 2.0}])
 def test_bad_slo_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(SloError):
@@ -183,6 +227,10 @@ def test_locust_command_carries_every_setting(tmp_path: Path) -> None:
     assert pairs["--csv"] == str(tmp_path / "stats") and pairs["--html"] == str(tmp_path / "report.html")
     assert Path(pairs["-f"]).name == "locustfile.py" and Path(pairs["-f"]).is_file()
     assert split_passthrough(["-u", "2", "--", "--master"]) == (["-u", "2"], ("--master",))
+    assert "--arrival-rate" not in command  # closed loop unless asked
+    assert dict(itertools.pairwise(locust_command(LoadtestSettings(arrival_rate=12.5))))["--arrival-rate"] == "12.5"
+    with pytest.raises(LoadtestError):
+        LoadtestSettings(arrival_rate=0)
 
 
 def test_cli_help_and_user_errors() -> None:
@@ -297,3 +345,58 @@ def test_failures_are_reported_with_their_grpc_code(triton_server: Any, tmp_path
     assert summary.failures == summary.requests > 0
     assert summary.failures_by_error
     assert all("INVALID_ARGUMENT" in error for error in summary.failures_by_error), summary.failures_by_error
+
+
+def test_open_loop_arrivals_follow_the_rate_not_the_server(window_server: Any, tmp_path: Path) -> None:
+    # The window server's model step waits 300 ms for requests to merge: every answer is slow.
+    # Two closed-loop users would send about two requests per answer time; the open-loop
+    # arrivals keep the offered rate regardless, with many requests in flight at once.
+    rate, run_time = 20.0, 4
+    settings = LoadtestSettings(
+        target=window_server.grpc_url,
+        users=2,
+        arrival_rate=rate,
+        run_time_s=run_time,
+        request_timeout_s=10,
+        slo=SloSettings(p95_ms=60_000, max_failure_ratio=0.0),
+        workload=WorkloadSettings(candidates=2, languages=("en",)),
+        request_pool=8,
+        report_dir=tmp_path,
+    )
+    result = run_loadtest(settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert result.verdict is not None and result.exit_code == 0, format_verdict(result.verdict)
+    summary = result.verdict.summary
+    assert summary.arrival_rate == rate and summary.failures == 0, summary.failures_by_error
+    # Poisson counts: a wide band around rate x run time.
+    assert 0.5 * rate * run_time <= summary.requests <= 1.5 * rate * run_time, summary.requests
+    # What two closed-loop users could have sent at the latency the server showed: far fewer.
+    closed_loop_bound = settings.users * summary.duration_s / (summary.p50_ms / 1000)
+    assert summary.requests > 1.5 * closed_loop_bound, (summary.requests, closed_loop_bound)
+    assert int(_stats_rows(settings.csv_prefix)["reranker/score"]["Request Count"]) == summary.requests
+
+
+def test_distributed_run_counts_requests_across_workers(triton_server: Any, tmp_path: Path) -> None:
+    """A master and two local worker processes, for real: the master's verdict counts both workers' requests."""
+    rate, run_time = 10.0, 5
+    settings = LoadtestSettings(
+        target=triton_server.grpc_url,
+        users=4,
+        arrival_rate=rate,
+        run_time_s=run_time,
+        request_timeout_s=10,
+        processes=2,
+        slo=SloSettings(p95_ms=60_000, max_failure_ratio=0.0),
+        workload=WorkloadSettings(candidates=10),
+        request_pool=8,
+        report_dir=tmp_path,
+    )
+    result = run_loadtest(settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert result.verdict is not None and result.exit_code == 0, format_verdict(result.verdict)
+    summary = result.verdict.summary
+    assert summary.failures == 0, summary.failures_by_error
+    by_worker = summary.requests_by_worker
+    assert len(by_worker) == 2 and all(n > 0 for n in by_worker.values()), by_worker
+    assert sum(by_worker.values()) == summary.requests
+    # The rate is split across the workers' users, not offered once per worker.
+    assert 0.5 * rate * run_time <= summary.requests <= 1.5 * rate * run_time, summary.requests
+    assert int(_stats_rows(settings.csv_prefix)["reranker/score"]["Request Count"]) == summary.requests

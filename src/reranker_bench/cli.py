@@ -7,6 +7,7 @@
     reranker-bench gpu-check [OPTIONS]     one prepared run on a CUDA GPU machine (see reranker_bench.gpu_check)
     reranker-bench gateway [OPTIONS]       the HTTP gateway's overhead against direct gRPC, side by side
     reranker-bench heal --repository R     kill a replica's python stubs under load: detection, recovery, failures
+    reranker-bench overload [OPTIONS]      goodput, shedding and recovery at 0.5-4x capacity (open loop)
 
 Exit codes: 0 done, 1 the benchmark failed (or missed its target), 2 usage error, 130 interrupted.
 Progress goes to stderr, results to stdout.
@@ -40,8 +41,8 @@ from .serving import ServingBenchSettings, serving_settings
 
 PROG = "reranker-bench"
 COMPARE, SERVING, CLIENT, GPU_CHECK = "compare", "serving", "client", "gpu-check"
-GATEWAY, HEAL = "gateway", "heal"
-COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, GATEWAY, HEAL)
+GATEWAY, HEAL, OVERLOAD = "gateway", "heal", "overload"
+COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, GATEWAY, HEAL, OVERLOAD)
 DEFAULT_COMMAND = COMPARE
 
 Configure = Callable[[argparse.Namespace], Any]
@@ -356,6 +357,101 @@ def _add_gpu_check(commands: Any) -> None:
     gpu_check.add_arguments(parser)
 
 
+# -- overload (its settings and run live in reranker_bench.overload) ---------------------------
+
+
+def _add_overload(commands: Any) -> None:
+    from .overload import DEFAULT_CLOSED_LOOP, OverloadSettings
+
+    parser = _subcommand(
+        commands,
+        OVERLOAD,
+        "goodput, latency, shedding and recovery at 0.5-4x capacity (open-loop Poisson arrivals)",
+        "Start a local Triton (cpu profile, tiny test model) or use --triton-url, measure its capacity "
+        "(closed loop), then offer open-loop Poisson arrivals at each level (a multiple of capacity) with a "
+        "client deadline. Reports per level: goodput, p50/p95 of successes, shed %, deadline misses, what "
+        "the server computed for callers that had gone, and recovery (a probe right after the load). "
+        "--closed-loop adds callers that give up at their deadline and resend at once. Writes overload.json "
+        "and overload.md; exits 1 with --check when a target is missed.",
+        _overload_settings,
+        _run_overload,
+    )
+    d = OverloadSettings()
+    parser.add_argument("--levels", default="0.5,1,2,4", help="open-loop loads, multiples of capacity ('' for none)")
+    parser.add_argument("--duration-s", type=float, default=d.level_duration_s, help="seconds per level")
+    parser.add_argument("--deadline-s", type=float, default=d.deadline_s, help="client deadline of each request")
+    parser.add_argument("--documents", type=int, default=d.documents, help="candidates per request")
+    parser.add_argument(
+        "--document-passages",
+        type=int,
+        default=d.document_passages,
+        help="test-corpus sentences (10-30 tokens each) joined into one candidate",
+    )
+    parser.add_argument("--capacity-s", type=float, default=d.capacity_duration_s, help="seconds of the capacity run")
+    parser.add_argument("--capacity-callers", type=int, default=d.capacity_callers, help="callers of the capacity run")
+    parser.add_argument("--capacity", type=float, default=None, help="use this capacity (req/s) instead of measuring")
+    parser.add_argument(
+        "--closed-loop",
+        default="",
+        metavar="CALLERS:DEADLINE_S,...",
+        help=f"closed-loop callers that give up at their deadline, e.g. {DEFAULT_CLOSED_LOOP} (the issue's table)",
+    )
+    parser.add_argument(
+        "--probe-timeout-s", type=float, default=d.probe_timeout_s, help="timeout of each recovery request"
+    )
+    parser.add_argument(
+        "--drain-timeout-s", type=float, default=d.drain_timeout_s, help="longest wait for the backlog after a level"
+    )
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the arrival times")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="cross-encoder directory; None: build the tiny XLM-R test model"
+    )
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the model, repository and server log here")
+    parser.add_argument("--triton-url", default=None, help="measure this running Triton (host:port) instead")
+    parser.add_argument("--metrics-url", default=None, help="with --triton-url: its http://host:port/metrics")
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("bench-results"), help="overload.json and overload.md go here"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 when one of the issue's targets is missed")
+
+
+def _overload_settings(args: argparse.Namespace) -> Any:
+    from .overload import CallerCase, OverloadSettings, parse_levels
+
+    return OverloadSettings(
+        levels=parse_levels(args.levels),
+        level_duration_s=args.duration_s,
+        deadline_s=args.deadline_s,
+        documents=args.documents,
+        document_passages=args.document_passages,
+        capacity_duration_s=args.capacity_s,
+        capacity_callers=args.capacity_callers,
+        capacity_per_s=args.capacity,
+        closed_loop=CallerCase.parse_list(args.closed_loop),
+        probe_timeout_s=args.probe_timeout_s,
+        drain_timeout_s=args.drain_timeout_s,
+        seed=args.seed,
+        model_dir=args.model,
+        work_dir=args.work_dir,
+        triton_url=args.triton_url,
+        metrics_url=args.metrics_url,
+    )
+
+
+def _run_overload(settings: Any, args: argparse.Namespace, command: str, progress: Progress) -> int:
+    from .overload import run_overload_benchmark
+    from .overload_report import format_markdown
+
+    report = run_overload_benchmark(settings, command=command, progress=progress)
+    print(format_markdown(report))
+    json_path, md_path = report.write(args.output_dir)
+    print(f"\nresults: {json_path}, {md_path}")
+    missed = [f"{t.level}: {t.target} (observed {t.observed})" for t in report.targets if not t.passed]
+    if args.check and missed:
+        return _error("missed: " + "; ".join(missed), EXIT_FAILURE)
+    return EXIT_OK
+
+
 # -- gateway ---------------------------------------------------------------------------------
 
 
@@ -482,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gpu_check(commands)
     _add_gateway(commands)
     _add_heal(commands)
+    _add_overload(commands)
     return parser
 
 

@@ -63,7 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the load without checking that the model is ready first",
     )
     load = parser.add_argument_group("load")
-    load.add_argument("-u", "--users", type=int, default=DEFAULT_USERS, help="concurrent closed-loop users")
+    load.add_argument(
+        "-u",
+        "--users",
+        type=int,
+        default=DEFAULT_USERS,
+        help="concurrent closed-loop users; with --arrival-rate, the arrival sources the rate is split across",
+    )
+    load.add_argument(
+        "--arrival-rate",
+        type=float,
+        default=None,
+        help="open loop: requests per second offered by all users together, Poisson arrivals that do not "
+        "wait for earlier answers (default: closed-loop users); set --request-timeout-s to the callers' deadline",
+    )
     load.add_argument(
         "-r", "--spawn-rate", type=float, default=None, help="users started per second (default: all at once)"
     )
@@ -117,6 +130,7 @@ def settings_from_args(args: argparse.Namespace, extra: tuple[str, ...]) -> Load
         target=args.target,
         model=args.model,
         users=args.users,
+        arrival_rate=args.arrival_rate,
         spawn_rate=args.spawn_rate,
         run_time_s=args.run_time_s,
         request_timeout_s=args.request_timeout_s,
@@ -149,8 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        load = (
+            f"{settings.users} users"
+            if settings.arrival_rate is None
+            else f"open loop, {settings.arrival_rate:g} req/s from {settings.users} users"
+        )
         print(
-            f"{PROG}: {settings.users} users against {settings.target} ({settings.model}) for "
+            f"{PROG}: {load} against {settings.target} ({settings.model}) for "
             f"{settings.run_time_s:g} s, {settings.workload.candidates} candidates per request; "
             f"SLO p95 <= {settings.slo.p95_ms:g} ms, failure ratio <= {settings.slo.max_failure_ratio:g}",
             flush=True,

@@ -7,10 +7,14 @@ Run it through ``reranker-loadtest`` (defaults, verdict table), or with Locust's
 
 Each simulated user is a closed-loop client: it sends one request (a query and
 ``--candidates`` passages from the repeatable workload), waits for the scores and sends
-the next. Every call fires a Locust ``request`` event with its latency and response
-size; a failed call is reported with its gRPC status code. When the process quits,
-the SLO gate checks p95 latency and the failure ratio over the whole run and sets the
-exit code (on the master only in distributed mode, where the stats are aggregated).
+the next. With ``--arrival-rate R`` the run is open loop instead: the users are arrival
+generators that together send Poisson arrivals at R requests per second, each request in
+its own greenlet, whether or not earlier ones have answered (a slow or shedding server
+cannot slow the offered load down, as it cannot in production). Every call fires a
+Locust ``request`` event with its latency and response size; a failed call is reported
+with its gRPC status code. When the process quits, the SLO gate checks p95 latency and
+the failure ratio over the whole run, reports goodput and the shed ratio beside them, and
+sets the exit code (on the master only in distributed mode, where the stats are aggregated).
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ grpc_gevent.init_gevent()
 import csv  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from gevent.pool import Group  # noqa: E402
 from locust import User, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
-from locust.runners import WorkerRunner  # noqa: E402
+from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV  # noqa: E402
 
 from reranker_client import RerankerClient, RerankerError, RetryPolicy  # noqa: E402
@@ -41,6 +48,7 @@ from reranker_loadtest.slo import (  # noqa: E402
     DEFAULT_P95_MS,
     RunSummary,
     SloSettings,
+    classify_failures,
     evaluate,
     format_verdict,
 )
@@ -58,6 +66,9 @@ from reranker_loadtest.workload import (  # noqa: E402
 logger = logging.getLogger("reranker_loadtest")
 
 REQUEST_TYPE = "grpc"
+# Durations in the client's messages ("gave up after 1 attempt(s) in 0.86 s"): Locust groups
+# failures by message, so they are blanked to keep one row per kind of failure.
+_SECONDS = re.compile(r"\b\d+(?:\.\d+)? s\b")
 
 
 class GrpcRequestFailed(Exception):
@@ -67,7 +78,7 @@ class GrpcRequestFailed(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
 
-    def __repr__(self) -> str:  # Locust groups failures by repr
+    def __repr__(self) -> str:  # Locust groups failures by repr; slo.failure_code reads the code back
         return f"GrpcRequestFailed({self.args[0]!r})"
 
 
@@ -105,6 +116,19 @@ def _add_arguments(parser: Any) -> None:
         help="SLO: highest share of failed requests",
     )
     group.add_argument("--slo-report", default="", help="Write the SLO verdict as JSON to this file when the run ends")
+    group.add_argument(
+        "--arrival-rate",
+        type=float,
+        default=0.0,
+        help="Open loop: requests per second offered by all users together, Poisson arrivals sent without "
+        "waiting for earlier answers (0: closed-loop users)",
+    )
+    group.add_argument(
+        "--arrival-users",
+        type=int,
+        default=0,
+        help="Users the arrival rate is split across (0: --users; the master sets it for its workers)",
+    )
 
 
 def workload_settings(options: Any) -> WorkloadSettings:
@@ -152,9 +176,47 @@ def _check_options(environment: Environment, **_: Any) -> None:
     try:
         workload_settings(options)
         SloSettings(p95_ms=options.slo_p95_ms, max_failure_ratio=options.slo_max_failure_ratio)
+        if options.arrival_rate < 0 or options.arrival_users < 0:
+            raise LoadtestError("--arrival-rate and --arrival-users must be >= 0")
     except LoadtestError as exc:
         logger.error("invalid reranker options: %s", exc)
         raise SystemExit(2) from None
+    if not isinstance(environment.runner, WorkerRunner) and not options.arrival_users:
+        # Workers only see the share of users they run; custom options travel to them with each
+        # spawn message, so the total goes this way.
+        options.arrival_users = max(1, int(getattr(options, "num_users", 1) or 1))
+    if isinstance(environment.runner, MasterRunner):
+        environment.events.worker_report.add_listener(_WORKER_REQUESTS.on_worker_report)
+    elif isinstance(environment.runner, WorkerRunner):
+        environment.events.report_to_master.add_listener(_WORKER_REQUESTS.on_report_to_master)
+
+
+class _WorkerRequests:
+    """Requests sent per worker, carried to the master beside Locust's own stats reports.
+
+    Workers send their stats as deltas; this count is cumulative, so the master keeps each
+    worker's latest and the sum is every request the workers sent.
+    """
+
+    KEY = "reranker_requests_sent"
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.by_worker: dict[str, int] = {}
+
+    def count(self, **_: Any) -> None:
+        self.sent += 1
+
+    def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        data[self.KEY] = self.sent
+
+    def on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        if self.KEY in data:
+            self.by_worker[client_id] = int(data[self.KEY])
+
+
+_WORKER_REQUESTS = _WorkerRequests()
+events.request.add_listener(_WORKER_REQUESTS.count)
 
 
 @events.test_start.add_listener
@@ -181,20 +243,47 @@ def _close_clients(**_: Any) -> None:
         _CLIENTS.popitem()[1].close()
 
 
+_USER_NUMBERS = itertools.count()
+
+
 class RerankerUser(User):
-    """One closed-loop caller of the ensemble, through the project's gRPC client."""
+    """One caller of the ensemble through the project's gRPC client: closed loop, or an open-loop arrival source.
+
+    Closed loop (the default): send, wait for the answer, send the next. Open loop
+    (``--arrival-rate``): every task fires one request in its own greenlet and returns at once;
+    the waits between tasks are exponential gaps on an absolute schedule, so the arrivals
+    form a Poisson process at this user's share of the rate whatever the server does.
+    """
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         host = (self.host or "127.0.0.1:8001").removeprefix("grpc://")
         self.client = _client(host, options.model, options.request_timeout_s)
+        self.rate = options.arrival_rate / max(1, options.arrival_users) if options.arrival_rate > 0 else 0.0
+        self.in_flight = Group()
+        worker_index = getattr(self.environment.runner, "worker_index", 0) or 0
+        self.rng = random.Random(f"{options.seed}-{worker_index}-{next(_USER_NUMBERS)}")
+        self.next_arrival = time.monotonic()
+
+    def on_stop(self) -> None:
+        # Open loop: the requests still in flight finish (each within its deadline) and count.
+        self.in_flight.join(timeout=self.environment.parsed_options.request_timeout_s + 1.0)
 
     def wait_time(self) -> float:
-        return 0.0
+        if not self.rate:
+            return 0.0
+        self.next_arrival += self.rng.expovariate(self.rate)
+        return max(0.0, self.next_arrival - time.monotonic())
 
     @task
     def rerank(self) -> None:
         request = _POOL.take()
+        if self.rate:
+            self.in_flight.spawn(self._send, request)
+        else:
+            self._send(request)
+
+    def _send(self, request: RerankRequest) -> None:
         start = time.perf_counter()
         exception: Exception | None = None
         response_length = 0
@@ -208,7 +297,7 @@ class RerankerUser(User):
         except RerankerError as exc:
             # Client-side failures (e.g. a malformed response) have no status: name the error class.
             code = exc.code.name if exc.code is not None else type(exc).__name__
-            exception = GrpcRequestFailed(code, str(exc))
+            exception = GrpcRequestFailed(code, _SECONDS.sub("… s", str(exc)))
         self.environment.events.request.fire(
             request_type=REQUEST_TYPE,
             name=f"{self.environment.parsed_options.model}/score",
@@ -225,8 +314,10 @@ def run_summary(environment: Environment) -> RunSummary:
     duration = 0.0
     if total.last_request_timestamp is not None and total.start_time:
         duration = max(0.0, total.last_request_timestamp - total.start_time)
-    failures_by_error = {e.error: e.occurrences for e in environment.stats.errors.values()}
+    failures_by_error = {str(e.error): int(e.occurrences) for e in environment.stats.errors.values()}
+    shed, deadline_misses = classify_failures(failures_by_error)
     requests = total.num_requests
+    options = environment.parsed_options
     return RunSummary(
         requests=requests,
         failures=total.num_failures,
@@ -234,8 +325,12 @@ def run_summary(environment: Environment) -> RunSummary:
         p95_ms=float(total.get_response_time_percentile(0.95) or 0.0) if requests else 0.0,
         p99_ms=float(total.get_response_time_percentile(0.99) or 0.0) if requests else 0.0,
         duration_s=duration,
-        candidates=environment.parsed_options.candidates if environment.parsed_options else 0,
-        failures_by_error={str(k): int(v) for k, v in failures_by_error.items()},
+        candidates=options.candidates if options else 0,
+        failures_by_error=failures_by_error,
+        shed=shed,
+        deadline_misses=deadline_misses,
+        arrival_rate=options.arrival_rate if options and options.arrival_rate > 0 else None,
+        requests_by_worker=dict(_WORKER_REQUESTS.by_worker) if isinstance(environment.runner, MasterRunner) else {},
     )
 
 

@@ -41,7 +41,10 @@ class LoadtestSettings:
     """gRPC address of Triton, ``host:port``."""
     model: str = ENSEMBLE_NAME
     users: int = DEFAULT_USERS
-    """Concurrent closed-loop callers."""
+    """Concurrent closed-loop callers; in open loop, the arrival sources the rate is split across."""
+    arrival_rate: float | None = None
+    """Open loop: requests per second offered by all users together (Poisson arrivals, none waiting
+    for another's answer); ``None``: closed-loop users."""
     spawn_rate: float | None = None
     """Users started per second; ``None`` starts them all in the first second."""
     run_time_s: float = DEFAULT_RUN_TIME_S
@@ -61,6 +64,8 @@ class LoadtestSettings:
     def __post_init__(self) -> None:
         if self.users < 1:
             raise LoadtestError(f"users must be positive, got {self.users}")
+        if self.arrival_rate is not None and not self.arrival_rate > 0:
+            raise LoadtestError(f"arrival rate must be positive, got {self.arrival_rate}")
         if self.spawn_rate is not None and self.spawn_rate <= 0:
             raise LoadtestError(f"spawn rate must be positive, got {self.spawn_rate}")
         if self.run_time_s < 1:
@@ -142,6 +147,8 @@ def locust_command(settings: LoadtestSettings) -> list[str]:
         "--slo-report",
         str(settings.verdict_path),
     ]
+    if settings.arrival_rate is not None:
+        command += ["--arrival-rate", f"{settings.arrival_rate:g}"]
     if not settings.live_stats:
         command.append("--only-summary")
     if settings.processes != 1:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,28 @@ from .errors import SloError
 
 DEFAULT_P95_MS = 200.0
 DEFAULT_MAX_FAILURE_RATIO = 0.0
+
+SHED_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
+"""Failures that are the server refusing work (a full queue, an overloaded server): sheds."""
+DEADLINE_CODE = "DEADLINE_EXCEEDED"
+# Locust keys a failure by the locustfile's GrpcRequestFailed: "CODE: message" in one process,
+# its repr "GrpcRequestFailed('CODE: message')" once a worker has sent it to the master.
+_FAILURE_CODE = re.compile(r"""^(?:GrpcRequestFailed\(['"])?(?P<code>[A-Za-z_]+):""")
+
+
+def failure_code(error: str) -> str | None:
+    """The gRPC code (or client error class) of a failure as Locust's stats key it, ``None`` if unknown."""
+    match = _FAILURE_CODE.match(error)
+    return match.group("code") if match else None
+
+
+def classify_failures(failures_by_error: Mapping[str, int]) -> tuple[int, int]:
+    """(sheds, deadline misses) among failures keyed as Locust's stats key them."""
+    codes = [(failure_code(error), count) for error, count in failures_by_error.items()]
+    return (
+        sum(count for code, count in codes if code in SHED_CODES),
+        sum(count for code, count in codes if code == DEADLINE_CODE),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,10 +71,27 @@ class RunSummary:
     candidates: int
     """Documents per request, to turn requests per second into pairs per second."""
     failures_by_error: dict[str, int] = field(default_factory=dict)
+    shed: int = 0
+    """Failures that were the server refusing work (UNAVAILABLE: a full queue, an overloaded server)."""
+    deadline_misses: int = 0
+    """Failures that were the call's deadline passing (DEADLINE_EXCEEDED)."""
+    arrival_rate: float | None = None
+    """Open-loop runs: the offered arrival rate in requests per second; ``None`` for closed-loop users."""
+    requests_by_worker: dict[str, int] = field(default_factory=dict)
+    """Distributed runs: requests each worker sent, as the master received them."""
 
     @property
     def failure_ratio(self) -> float:
         return self.failures / self.requests if self.requests else 0.0
+
+    @property
+    def shed_ratio(self) -> float:
+        return self.shed / self.requests if self.requests else 0.0
+
+    @property
+    def goodput_per_s(self) -> float:
+        """Successful requests per second: the load the service really carried."""
+        return (self.requests - self.failures) / self.duration_s if self.duration_s > 0 else 0.0
 
     @property
     def requests_per_s(self) -> float:
@@ -151,6 +192,14 @@ def format_verdict(verdict: Verdict) -> str:
         f"{s.pairs_per_s:.0f} pairs/s ({s.candidates} candidates); "
         f"latency p50 {s.p50_ms:.1f} / p95 {s.p95_ms:.1f} / p99 {s.p99_ms:.1f} ms"
     )
+    offered = f"open loop, offered {s.arrival_rate:g} req/s; " if s.arrival_rate is not None else ""
+    lines.append(
+        f"{offered}goodput {s.goodput_per_s:.2f} req/s; shed ratio {s.shed_ratio:.4g} ({s.shed}/{s.requests}); "
+        f"deadline misses {s.deadline_misses}; p95 {s.p95_ms:.1f} ms"
+    )
+    if s.requests_by_worker:
+        counts = ", ".join(f"{n}" for _, n in sorted(s.requests_by_worker.items()))
+        lines.append(f"workers: {len(s.requests_by_worker)} (requests: {counts})")
     for error, count in sorted(s.failures_by_error.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"failure x{count}: {error}")
     return "\n".join(lines)
