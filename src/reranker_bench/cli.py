@@ -5,6 +5,7 @@
     reranker-bench client [OPTIONS]        the client's own cost, and requests in flight
     reranker-bench reference-server ...    run the reference server (FastAPI + FlagReranker) alone
     reranker-bench gpu-check [OPTIONS]     one prepared run on a CUDA GPU machine (see reranker_bench.gpu_check)
+    reranker-bench precision [OPTIONS]     cpu profile graphs: FP32, fused FP32, INT8, OpenVINO side by side
 
 Exit codes: 0 done, 1 the benchmark failed (or missed its target), 2 usage error, 130 interrupted.
 Progress goes to stderr, results to stdout.
@@ -37,8 +38,8 @@ from .reference import REFERENCE_SUBCOMMAND, ReferenceSettings, Scheduling
 from .serving import ServingBenchSettings, serving_settings
 
 PROG = "reranker-bench"
-COMPARE, SERVING, CLIENT, GPU_CHECK = "compare", "serving", "client", "gpu-check"
-COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK)
+COMPARE, SERVING, CLIENT, GPU_CHECK, PRECISION = "compare", "serving", "client", "gpu-check", "precision"
+COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, PRECISION)
 DEFAULT_COMMAND = COMPARE
 
 Configure = Callable[[argparse.Namespace], Any]
@@ -353,6 +354,18 @@ def _add_gpu_check(commands: Any) -> None:
     gpu_check.add_arguments(parser)
 
 
+# -- precision (its options, settings and run live in reranker_bench.precision) ----------------
+
+
+def _add_precision(commands: Any) -> None:
+    from . import precision
+
+    parser = _subcommand(
+        commands, PRECISION, precision.SUMMARY, precision.__doc__ or "", precision.configure, precision.run
+    )
+    precision.add_arguments(parser)
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -370,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client(commands)
     _add_reference(commands)
     _add_gpu_check(commands)
+    _add_precision(commands)
     return parser
 
 
