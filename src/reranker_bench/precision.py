@@ -53,6 +53,8 @@ class PrecisionBenchSettings:
     """Intra-op threads; 0: one per core."""
     variants: tuple[str, ...] = VARIANTS
     end_to_end: bool = True
+    step: bool = True
+    """Measure the model step alone; off: end to end only (the full-size run splits the two)."""
     concurrency: tuple[int, ...] = ()
     """Throughput levels through Triton (requests in flight); empty: latency only."""
     requests_per_level: int = 16
@@ -77,8 +79,8 @@ class VariantResult:
     throughput_pairs_per_s: dict[int, float] = field(default_factory=dict)
 
     @property
-    def step_median_s(self) -> float:
-        return statistics.median(self.step_latency_s)
+    def step_median_s(self) -> float | None:
+        return statistics.median(self.step_latency_s) if self.step_latency_s else None
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -296,20 +298,23 @@ def run_precision_bench(settings: PrecisionBenchSettings, progress: Progress) ->
             if variant.startswith("openvino")
             else graphs[variant]
         )
-        progress(f"model step alone: {variant}")
         result = VariantResult(variant=variant, file_mib=_mib(graph))
+        results[variant] = result
+        if not settings.step:
+            continue
+        progress(f"model step alone: {variant}")
         try:
             result.step_latency_s, logits = measure_step(variant, graph, feed, settings)
         except Exception as exc:  # OpenVINO may refuse a graph: reported, the others still run
             if not variant.startswith("openvino"):
                 raise BenchmarkError(f"{variant}: {exc}") from exc
             progress(f"{variant} failed: {exc}")
+            del results[variant]
             continue
         if reference is None:
             reference = logits
         result.max_abs_diff_vs_fp32 = float(np.max(np.abs(logits - reference)))
         progress(f"  median {result.step_median_s:.3f} s, max |Δlogit| vs FP32 {result.max_abs_diff_vs_fp32:.3g}")
-        results[variant] = result
     if settings.end_to_end:
         for variant in SERVED_VARIANTS:
             if variant in results:
@@ -325,7 +330,9 @@ def run_precision_bench(settings: PrecisionBenchSettings, progress: Progress) ->
             {
                 **asdict(r),
                 "step_median_s": r.step_median_s,
-                "step_speedup_vs_fp32": base.step_median_s / r.step_median_s,
+                "step_speedup_vs_fp32": base.step_median_s / r.step_median_s
+                if base.step_median_s and r.step_median_s
+                else None,
                 "end_to_end_median_s": statistics.median(r.end_to_end_latency_s) if r.end_to_end_latency_s else None,
                 "end_to_end_speedup_vs_fp32": (
                     statistics.median(base.end_to_end_latency_s) / statistics.median(r.end_to_end_latency_s)
@@ -354,9 +361,11 @@ def format_precision_report(report: dict[str, Any]) -> str:
         e2e = f"{r['end_to_end_median_s']:.3f}" if r["end_to_end_median_s"] is not None else "-"
         e2e_x = f"{r['end_to_end_speedup_vs_fp32']:.2f}" if r["end_to_end_speedup_vs_fp32"] is not None else "-"
         levels = ", ".join(f"c={c}: {v:.0f}" for c, v in r["throughput_pairs_per_s"].items()) or "-"
+        step = f"{r['step_median_s']:.3f}" if r["step_median_s"] is not None else "-"
+        step_x = f"{r['step_speedup_vs_fp32']:.2f}" if r["step_speedup_vs_fp32"] is not None else "-"
+        diff = f"{r['max_abs_diff_vs_fp32']:.3g}" if r["max_abs_diff_vs_fp32"] is not None else "-"
         lines.append(
-            f"| {r['variant']} | {r['file_mib']:.0f} | {r['step_median_s']:.3f} | {r['step_speedup_vs_fp32']:.2f} "
-            f"| {r['max_abs_diff_vs_fp32']:.3g} | {e2e} | {e2e_x} | {levels} |"
+            f"| {r['variant']} | {r['file_mib']:.0f} | {step} | {step_x} | {diff} | {e2e} | {e2e_x} | {levels} |"
         )
     return "\n".join(lines)
 
@@ -386,6 +395,7 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads; 0: one per core")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, among " + ", ".join(VARIANTS))
     parser.add_argument("--no-end-to-end", action="store_true", help="the model step alone, no Triton")
+    parser.add_argument("--no-step", action="store_true", help="end to end through Triton only")
     parser.add_argument("--concurrency", default="", help="comma-separated throughput levels through Triton, e.g. 1,8")
     parser.add_argument("--requests-per-level", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
@@ -402,6 +412,7 @@ def configure(args: Any) -> PrecisionBenchSettings:
         threads=args.threads,
         variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         end_to_end=not args.no_end_to_end,
+        step=not args.no_step,
         concurrency=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
         requests_per_level=args.requests_per_level,
     )
