@@ -302,3 +302,37 @@ def test_gateway_benchmark_runs_against_a_real_server(triton_server: Any, tmp_pa
         # Measured (the process's CPU clock ticks in 10 ms steps: four tiny requests may read 0).
         assert level.gateway.gateway_cpu_ms is not None and level.gateway.gateway_cpu_ms >= 0
     assert json.loads(json.dumps(report.to_json()))["levels"][0]["concurrency"] == 1
+
+
+# -- precision: the cpu profile's graphs side by side -------------------------------------------
+
+
+def test_precision_bench_runs_every_graph_side_by_side(tmp_path: Path) -> None:
+    """The small architecture end to end: graphs built, each run by the step's scorer and through Triton."""
+    from reranker_bench.precision import PrecisionBenchSettings, format_precision_report, run_precision_bench
+
+    settings = PrecisionBenchSettings(
+        work=tmp_path,
+        candidates=8,
+        pair_tokens=64,
+        repeats=1,
+        variants=("fp32", "fused", "int8", "openvino-fp32"),
+        concurrency=(2,),
+        requests_per_level=2,
+    )
+    report = run_precision_bench(settings, progress=lambda _message: None)
+    results = {r["variant"]: r for r in report["results"]}
+    assert list(results) == ["fp32", "fused", "int8", "openvino-fp32"]
+    assert report["request"]["pairs"] == 8 and 40 <= report["request"]["mean_tokens"] <= 64
+    assert results["fused"]["max_abs_diff_vs_fp32"] <= 1e-4  # the same function, other kernels
+    assert results["openvino-fp32"]["max_abs_diff_vs_fp32"] <= 1e-4  # f32 hint: no silent bf16
+    assert 0 < results["int8"]["max_abs_diff_vs_fp32"] < 0.5
+    assert results["int8"]["file_mib"] < 0.5 * results["fp32"]["file_mib"]
+    for name in ("fp32", "fused", "int8"):  # served through the ensemble
+        assert len(results[name]["end_to_end_latency_s"]) == 1 and set(results[name]["throughput_pairs_per_s"]) == {2}
+    assert (
+        "end_to_end_latency_s" not in results["openvino-fp32"] or not results["openvino-fp32"]["end_to_end_latency_s"]
+    )
+    assert set(report["cpu_flags"]) >= {"avx2", "avx512_vnni"}
+    table = format_precision_report(report)
+    assert table.count("\n| ") == 1 + 4 and "hardware:" in table  # header row, then one row per graph

@@ -1,9 +1,11 @@
 """The rendered ``cpu`` repository end to end: the ``reranker`` ensemble in a real Triton server.
 
 Everything goes through ``tritonclient.grpc`` straight to the ensemble (not the project client):
-score parity with FlagEmbedding's ``FlagReranker`` for the XLM-R and the BERT test models, ranking
-quality of the trained tiny model, dynamic batching under concurrent clients, bad input answered
-with ``INVALID_ARGUMENT`` by a server that keeps serving, and long-document (window) mode.
+score parity with FlagEmbedding's ``FlagReranker`` for the XLM-R test model (the BERT test
+model's parity with sentence-transformers' ``CrossEncoder``, its family's library, is in
+test_families.py), ranking quality of the trained tiny model, dynamic batching under concurrent
+clients, bad input answered with ``INVALID_ARGUMENT`` by a server that keeps serving, and
+long-document (window) mode.
 """
 
 from __future__ import annotations
@@ -216,12 +218,6 @@ def check_flag_parity(client: Any, model_dir: Path) -> None:
 
 def test_xlmr_scores_equal_flagreranker(client: Any, xlmr_model_dir: Path) -> None:
     check_flag_parity(client, xlmr_model_dir)
-
-
-def test_bert_scores_equal_flagreranker(bert_server: Any, bert_model_dir: Path) -> None:
-    assert "token_type_ids" in (bert_server.model_repository / "reranker_model" / "config.pbtxt").read_text()
-    with grpcclient.InferenceServerClient(bert_server.grpc_url) as bert_client:
-        check_flag_parity(bert_client, bert_model_dir)
 
 
 def test_empty_document_gets_a_finite_score(client: Any, xlmr_model_dir: Path) -> None:

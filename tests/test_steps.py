@@ -18,7 +18,15 @@ import pytest
 from reranker_export.testmodels import long_document, relevance_examples
 from reranker_steps.errors import Abandoned, BadRequest
 from reranker_steps.onnx_scoring import OnnxScorer, check_inputs, concatenate_padded, session_options, sub_batches
-from reranker_steps.pairs import DEFAULTS, PairEncoder, TextLimits, bucket_width, plan_rows, read_texts
+from reranker_steps.pairs import (
+    DEFAULTS,
+    PairEncoder,
+    TextLimits,
+    bucket_width,
+    longest_first_lengths,
+    plan_rows,
+    read_texts,
+)
 from reranker_steps.params import StepParameters
 from reranker_steps.windows import check_document_index, document_scores, max_per_document
 from support import TEST_TOKENIZER, WINDOW_STRIDE
@@ -125,6 +133,30 @@ def test_windows_cover_every_passage_token_and_end_at_its_end(length: int, budge
     assert all(0 < b - a <= min(stride, budget) for a, b in itertools.pairwise(starts))
 
 
+def test_per_document_budgets() -> None:
+    # longest_first: each document's share of the pair depends on its own length
+    assert plan_rows([3, 10, 12], [5, 4, 6], overflow="truncate", window_stride=2, max_rows=8) == [
+        (0, 0, 3),
+        (1, 0, 4),
+        (2, 0, 6),
+    ]
+    windows = plan_rows([3, 10], [5, 4], overflow="window", window_stride=4, max_rows=8)
+    assert windows == [(0, 0, 3), (1, 0, 4), (1, 4, 4), (1, 6, 4)]
+
+
+@pytest.mark.parametrize("budget", [1, 2, 7, 8, 61, 62])
+def test_longest_first_lengths_are_the_tokenizers_rule(budget: int) -> None:
+    """The ``tokenizers`` library's LongestFirst, run on id sequences of every length pair."""
+    from tokenizers import Tokenizer, models
+
+    tokenizer = Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a"))
+    tokenizer.enable_truncation(budget, strategy="longest_first")  # no specials: budget = max_length
+    for na, nb in itertools.product(range(0, 2 * budget + 3), repeat=2):
+        pair = tokenizer.encode(["a"] * na, ["b"] * nb, is_pretokenized=True)
+        expected = (pair.ids.count(0), pair.ids.count(1))
+        assert longest_first_lengths(na, nb, budget) == expected, (na, nb, budget)
+
+
 def test_too_many_rows_is_a_bad_request() -> None:
     with pytest.raises(BadRequest, match="more than 3 windows"):
         plan_rows([100], 10, overflow="window", window_stride=10, max_rows=3)
@@ -190,6 +222,66 @@ def test_bert_encoder_gives_token_type_ids(bert_model_dir: Path) -> None:
     assert list(out) == ["input_ids", "attention_mask", "token_type_ids"]
     types, mask = out["token_type_ids"], out["attention_mask"]
     assert set(types[0][mask[0] == 1].tolist()) == {0, 1} and not types[mask == 0].any()
+
+
+@pytest.mark.parametrize("kind", ["xlmr", "bert"])
+def test_longest_first_pairs_equal_the_tokenizers_own(kind: str, request: pytest.FixtureRequest) -> None:
+    """Every row is what the tokenizer's ``longest_first`` pair encoding gives (sentence-transformers'
+    CrossEncoder and TEI encode this way): long and short queries, passages that cut, both cut, neither."""
+    from tokenizers import Tokenizer
+
+    model_dir: Path = request.getfixturevalue(f"{kind}_model_dir")
+    inputs = "input_ids,attention_mask" + (",token_type_ids" if kind == "bert" else "")
+    encoder = _encoder(model_dir, pair_semantics="longest_first", model_inputs=inputs)
+    reference = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    reference.no_padding()
+    reference.enable_truncation(MAX_LENGTH, strategy="longest_first")
+    documents = [long_document(n) for n in (3, 20, 45, 60, 300)] + [""]
+    cut = {"none": 0, "query": 0, "passage": 0, "both": 0}
+    for words in (4, 40, 100):
+        query = long_document(words)
+        out = encoder.encode(query, documents)
+        expected = reference.encode_batch([(query, d) for d in documents])
+        for row, pair in enumerate(expected):
+            assert _unpad_row(out, "input_ids", row) == pair.ids, (words, row)
+            if kind == "bert":
+                assert _unpad_row(out, "token_type_ids", row) == pair.type_ids
+            na, nb = len(_raw_ids(encoder, query)), len(_raw_ids(encoder, documents[row]))
+            qa, pb = longest_first_lengths(na, nb, MAX_LENGTH - encoder.template.num_special)
+            cut[("none", "passage", "query", "both")[(pb < nb) + 2 * (qa < na)]] += 1
+    assert all(cut.values()), cut  # the rows covered each way of cutting
+
+
+def _unpad_row(out: dict[str, np.ndarray], name: str, row: int) -> list[int]:
+    return out[name][row][out["attention_mask"][row] == 1].tolist()
+
+
+def test_longest_first_windows_start_with_the_truncated_pair(xlmr_model_dir: Path) -> None:
+    """Window mode with longest_first: the query is cut as truncation cuts it against the whole
+    passage; the first window is the truncated pair, the next windows keep that query cut."""
+    encoder = _encoder(xlmr_model_dir, pair_semantics="longest_first", overflow="window", window_stride=WINDOW_STRIDE)
+    truncating = _encoder(xlmr_model_dir, pair_semantics="longest_first")
+    documents = [long_document(5), long_document(300)]
+    for query in (relevance_examples(seed=3, count=1)[0].query, long_document(100)):
+        out = encoder.encode(query, documents)
+        first = truncating.encode(query, documents)
+        rows = out["document_index"].tolist()
+        assert rows.count(0) == 1 and rows.count(1) > 2
+        q, p = _raw_ids(encoder, query), _raw_ids(encoder, documents[1])
+        q_kept, budget = longest_first_lengths(len(q), len(p), MAX_LENGTH - 4)
+        head = [XLMR_BOS, *q[:q_kept], XLMR_EOS, XLMR_EOS]
+        windows = [_unpad_row(out, "input_ids", r) for r in range(len(rows)) if rows[r] == 1]
+        assert windows[0] == _unpad_row(first, "input_ids", 1)
+        starts = [*range(0, len(p) - budget, WINDOW_STRIDE), len(p) - budget]
+        assert windows == [[*head, *p[s : s + budget], XLMR_EOS] for s in starts]
+        assert _unpad_row(out, "input_ids", 0) == _unpad_row(first, "input_ids", 0)
+
+
+def test_pair_semantics_parameters(xlmr_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="pair_semantics must be one of flag, longest_first"):
+        _encoder(xlmr_model_dir, pair_semantics="only_first")
+    with pytest.raises(ValueError, match="query_max_length applies to pair_semantics flag only"):
+        _encoder(xlmr_model_dir, pair_semantics="longest_first", query_max_length=32)
 
 
 # -- the model step: batching and sub-batches -----------------------------------------------------

@@ -2,8 +2,9 @@
 
 ``reranker_tokenizer``, the ``cpu``-profile ``reranker_model`` and the window-mode ``reranker_scores``
 are called directly, past the ``reranker`` ensemble (tests/test_ensemble.py covers the ensemble end
-to end): pair ids against FlagReranker's own tokenization (HF tokenizer + ``prepare_for_model_compat``),
-BERT token_type_ids, bucket padding, bad input, window rows, batching in the model step.
+to end): XLM-R pair ids against FlagReranker's own tokenization (HF tokenizer +
+``prepare_for_model_compat``), BERT pairs and token_type_ids against the tokenizer's ``longest_first``
+(sentence-transformers' CrossEncoder), bucket padding, bad input, window rows, batching in the model step.
 
 Repositories and servers are the session's (conftest.py): XLM-R truncate, BERT, and window mode
 whose model step waits for concurrent requests to merge. The steps' logic alone (bucket padding,
@@ -216,22 +217,29 @@ def test_id_level_pairs_equal_text_round_trip(xlmr_model_dir: Path, texts: Texts
         assert pair["input_ids"] == [XLMR_BOS, *q, XLMR_EOS, XLMR_EOS, *raw_ids(xlmr_model_dir, doc)[:budget], XLMR_EOS]
 
 
-def test_bert_pairs_and_token_type_ids(bert: Served, texts: Texts) -> None:
-    documents = [*texts.short, *texts.long]
+def test_bert_pairs_are_the_tokenizers_longest_first_with_token_type_ids(bert: Served, texts: Texts) -> None:
+    """The BERT test model exported without flags: pairs as sentence-transformers' CrossEncoder
+    builds them (the tokenizer's ``longest_first`` at max_length), token_type_ids included."""
+    documents = [*texts.short, *texts.long, ""]
     query = texts.long_query
-    out = tokenize(bert, query, [*documents, ""], [INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS])
-    expected = flag_pairs(bert.model_dir, query, documents)
-    for row, pair in enumerate(expected):
-        assert _unpad(out, INPUT_IDS, row) == pair["input_ids"], row
-        assert _unpad(out, TOKEN_TYPE_IDS, row) == pair["token_type_ids"], row
-        n = len(pair["input_ids"])
+    out = tokenize(bert, query, documents, [INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS])
+    hf = _hf_tokenizer(bert.model_dir)
+    expected = hf([query] * len(documents), documents, truncation="longest_first", max_length=MAX_LENGTH)
+    for row, (ids, types) in enumerate(zip(expected["input_ids"], expected["token_type_ids"], strict=True)):
+        assert _unpad(out, INPUT_IDS, row) == ids, row
+        assert _unpad(out, TOKEN_TYPE_IDS, row) == types, row
+        n = len(ids)
         assert (out[INPUT_IDS][row, n:] == BERT_PAD).all() and not out[TOKEN_TYPE_IDS][row, n:].any()
-    assert any(1 in p["token_type_ids"] for p in expected)
-    assert max(len(p["input_ids"]) for p in expected) == MAX_LENGTH
-    assert len(raw_ids(bert.model_dir, query)) > QUERY_MAX_LENGTH
-    q = raw_ids(bert.model_dir, query)[:QUERY_MAX_LENGTH]  # empty passage: [CLS] q [SEP] [SEP]
-    assert _unpad(out, INPUT_IDS, len(documents)) == [BERT_CLS, *q, BERT_SEP, BERT_SEP]
-    assert _unpad(out, TOKEN_TYPE_IDS, len(documents)) == [0] * (len(q) + 2) + [1]
+    assert any(1 in types for types in expected["token_type_ids"])
+    # The long query is cut with the long passages (both sides), and alone against an empty one.
+    q = raw_ids(bert.model_dir, query)
+    assert len(q) > MAX_LENGTH
+    assert expected["input_ids"][len(documents) - 1] == [BERT_CLS, *q[: MAX_LENGTH - 3], BERT_SEP, BERT_SEP]
+    half = (MAX_LENGTH - 3) // 2  # both sides long: each keeps half the budget, the passage the odd token
+    for row, document in enumerate(texts.long, start=len(texts.short)):
+        p = raw_ids(bert.model_dir, document)
+        assert len(p) > MAX_LENGTH
+        assert expected["input_ids"][row] == [BERT_CLS, *q[:half], BERT_SEP, *p[: MAX_LENGTH - 3 - half], BERT_SEP]
 
 
 # -- tokenizer: bad input --------------------------------------------------------------------

@@ -8,6 +8,7 @@
     reranker-bench gateway [OPTIONS]       the HTTP gateway's overhead against direct gRPC, side by side
     reranker-bench heal --repository R     kill a replica's python stubs under load: detection, recovery, failures
     reranker-bench overload [OPTIONS]      goodput, shedding and recovery at 0.5-4x capacity (open loop)
+    reranker-bench precision [OPTIONS]     cpu profile graphs: FP32, fused FP32, INT8, OpenVINO side by side
 
 Exit codes: 0 done, 1 the benchmark failed (or missed its target), 2 usage error, 130 interrupted.
 Progress goes to stderr, results to stdout.
@@ -41,8 +42,8 @@ from .serving import ServingBenchSettings, serving_settings
 
 PROG = "reranker-bench"
 COMPARE, SERVING, CLIENT, GPU_CHECK = "compare", "serving", "client", "gpu-check"
-GATEWAY, HEAL, OVERLOAD = "gateway", "heal", "overload"
-COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, GATEWAY, HEAL, OVERLOAD)
+GATEWAY, HEAL, OVERLOAD, PRECISION = "gateway", "heal", "overload", "precision"
+COMMANDS = (COMPARE, SERVING, CLIENT, REFERENCE_SUBCOMMAND, GPU_CHECK, GATEWAY, HEAL, OVERLOAD, PRECISION)
 DEFAULT_COMMAND = COMPARE
 
 Configure = Callable[[argparse.Namespace], Any]
@@ -559,6 +560,18 @@ def _run_heal(settings: Any, args: argparse.Namespace, command: str, progress: P
     return EXIT_OK
 
 
+# -- precision (its options, settings and run live in reranker_bench.precision) ----------------
+
+
+def _add_precision(commands: Any) -> None:
+    from . import precision
+
+    parser = _subcommand(
+        commands, PRECISION, precision.SUMMARY, precision.__doc__ or "", precision.configure, precision.run
+    )
+    precision.add_arguments(parser)
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -579,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gateway(commands)
     _add_heal(commands)
     _add_overload(commands)
+    _add_precision(commands)
     return parser
 
 

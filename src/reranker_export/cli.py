@@ -1,6 +1,7 @@
 """``reranker-export``: a thin CLI over :func:`reranker_export.pipeline.export_model`.
 
 reranker-export --model BAAI/bge-reranker-v2-m3 --profile tensorrt --output repo/
+reranker-export --model DIR --onnx DIR/onnx/model.onnx --profile cpu --output repo/   (bring your own ONNX)
 reranker-export render --profile tensorrt --output model_repository/   (configs and code, no weights)
 reranker-export make-test-model DIR [--kind xlm-roberta|bert]
 """
@@ -14,11 +15,13 @@ from pathlib import Path
 
 from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, int_list, progress_printer
 
+from . import validation
 from .errors import ExportError
 from .loading import HUB_TIMEOUT_S
 from .settings import (
     DEFAULT_MODEL_ID,
     Overflow,
+    PairSemantics,
     Precision,
     Profile,
     QueueSettings,
@@ -47,7 +50,18 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens per (query, passage) pair (default: %(default)s)",
     )
     group.add_argument(
-        "--query-max-length", type=int, default=None, help="query tokens kept (default: max_length * 3 // 4)"
+        "--pair-semantics",
+        type=PairSemantics,
+        choices=list(PairSemantics),
+        default=None,
+        help="how a pair is cut to max_length: flag (FlagReranker, BGE) or longest_first (sentence-transformers "
+        "CrossEncoder, TEI, Jina v2); default: chosen from the model (docs/families.md), flag for 'render'",
+    )
+    group.add_argument(
+        "--query-max-length",
+        type=int,
+        default=None,
+        help="flag semantics: query tokens kept (default: max_length * 3 // 4)",
     )
     group.add_argument(
         "--overflow",
@@ -107,7 +121,13 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         type=Precision,
         choices=list(Precision),
         default=defaults.precision,
-        help="GPU profiles' precision; the cpu profile always runs fp32 (default: %(default)s)",
+        help="GPU profiles: fp16 or fp32; cpu profile: fp32 (any other value) or int8, a fused graph with "
+        "dynamic INT8 weights gated by ranking agreement with FP32 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--graph-fusion",
+        action="store_true",
+        help="cpu profile: serve onnxruntime's fused transformer graph in FP32 (int8 always fuses)",
     )
     group.add_argument(
         "--ort-threads",
@@ -128,6 +148,7 @@ def _serving_settings(args: argparse.Namespace) -> ServingSettings:
         profile=args.profile,
         tokenizer=TokenizerSettings(
             max_length=args.max_length,
+            pair_semantics=args.pair_semantics,
             query_max_length=args.query_max_length,
             overflow=args.overflow,
             window_stride=args.window_stride,
@@ -140,6 +161,7 @@ def _serving_settings(args: argparse.Namespace) -> ServingSettings:
         tokenizer_instances=args.tokenizer_instances,
         model_instances=args.model_instances,
         precision=args.precision,
+        graph_fusion=args.graph_fusion,
         ort_intra_op_threads=args.ort_threads,
         cpu_sub_batch_rows=args.cpu_sub_batch_rows,
     )
@@ -163,6 +185,25 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, required=True, help="model repository directory to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output repository")
     parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the modeling code a model ships (auto_map in its config.json, e.g. Jina v2); read it first",
+    )
+    parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve this existing ONNX export (inputs input_ids, attention_mask[, token_type_ids]; one logit per "
+        "row) instead of exporting; --model gives its tokenizer and the PyTorch model to check it against",
+    )
+    parser.add_argument(
+        "--skip-parity",
+        action="store_true",
+        help="with --onnx: do not compare it with the PyTorch model (which then need not load); "
+        "the manifest records the skip",
+    )
+    parser.add_argument(
         "--fp32-tolerance",
         type=float,
         default=1e-4,
@@ -173,6 +214,25 @@ def _export_parser() -> argparse.ArgumentParser:
         type=float,
         default=5e-2,
         help="max |logit difference| FP16 vs FP32 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--int8-min-top5",
+        type=float,
+        default=validation.INT8_MIN_TOP5_OVERLAP,
+        help="int8: least mean top-5 overlap with FP32's rankings (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--int8-min-tau",
+        type=float,
+        default=validation.INT8_MIN_KENDALL_TAU,
+        help="int8: least mean Kendall tau with FP32's rankings (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--agreement-file",
+        type=Path,
+        default=None,
+        metavar="JSONL",
+        help='int8: also gate on your own data, lines of {"query": ..., "candidates": [...]}',
     )
     _add_serving_arguments(parser)
     return parser
@@ -234,6 +294,12 @@ def _run(argv: list[str]) -> int:
             fp32_tolerance=args.fp32_tolerance,
             fp16_tolerance=args.fp16_tolerance,
             force=args.force,
+            trust_remote_code=args.trust_remote_code,
+            onnx=args.onnx,
+            skip_parity=args.skip_parity,
+            int8_min_top5_overlap=args.int8_min_top5,
+            int8_min_kendall_tau=args.int8_min_tau,
+            agreement_file=args.agreement_file,
         ),
         progress=say,
     )

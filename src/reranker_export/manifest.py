@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .settings import ServingSettings
+from .settings import PairSemantics, ServingSettings
 
 MANIFEST_FILENAME = "manifest.json"
 _LIBRARIES = (
@@ -64,7 +64,11 @@ def _plain(value: Any) -> Any:
 
 def settings_dict(settings: ServingSettings) -> dict[str, Any]:
     data: dict[str, Any] = _plain(asdict(settings))
-    data["tokenizer"]["query_max_length"] = settings.tokenizer.effective_query_max_length
+    tok = settings.tokenizer
+    data["tokenizer"]["pair_semantics"] = tok.effective_pair_semantics.value
+    data["tokenizer"]["query_max_length"] = (
+        tok.effective_query_max_length if tok.effective_pair_semantics is PairSemantics.FLAG else None
+    )
     data["tokenizer"]["length_buckets"] = list(settings.tokenizer.effective_length_buckets)
     return data
 

@@ -104,12 +104,12 @@ def export_onnx(
         raise OnnxExportError(f"exporting {type(model).__name__} to ONNX failed: {exc}") from exc
     finally:
         gc.collect()
-    _make_tensorrt_safe(output_path)
+    make_tensorrt_safe_in_place(output_path)
     _check_signature(output_path, input_names)
     return output_path
 
 
-def _make_tensorrt_safe(path: Path) -> None:
+def make_tensorrt_safe_in_place(path: Path) -> None:
     """Rewrite the graph in place where TensorRT needs it; the weights (a sidecar) are not touched."""
     import onnx
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .settings import PairSemantics
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
@@ -66,23 +68,30 @@ def encode_pairs(
     max_length: int,
     query_max_length: int,
     input_names: Sequence[str],
+    pair_semantics: PairSemantics = PairSemantics.FLAG,
 ) -> dict[str, np.ndarray]:
-    """Encode pairs as FlagReranker does, at the id level (the semantics the model was trained with).
+    """Encode pairs with the semantics the model was trained with, using the tokenizer's own code.
 
-    Query without special tokens cut to ``query_max_length``; passage without special tokens cut to
-    ``max_length``; the tokenizer's own pair template, with ``only_second`` truncation to ``max_length``.
+    ``flag``, FlagReranker at the id level: query without special tokens cut to ``query_max_length``;
+    passage without special tokens cut to ``max_length``; the tokenizer's own pair template, with
+    ``only_second`` truncation to ``max_length``. ``longest_first``: the tokenizer encodes the pair
+    with its ``longest_first`` truncation at ``max_length``, as sentence-transformers does.
     """
     backend = copy.deepcopy(tokenizer.backend_tokenizer)  # never mutate the caller's tokenizer
     backend.no_padding()
     backend.no_truncation()
-    queries = backend.encode_batch([q for q, _ in pairs], add_special_tokens=False)
-    passages = backend.encode_batch([p for _, p in pairs], add_special_tokens=False)
-    backend.enable_truncation(max_length, strategy="only_second")
-    rows = []
-    for query, passage in zip(queries, passages, strict=True):
-        query.truncate(query_max_length)
-        passage.truncate(max_length)
-        rows.append(backend.post_process(query, passage, add_special_tokens=True))
+    if pair_semantics is PairSemantics.LONGEST_FIRST:
+        backend.enable_truncation(max_length, strategy="longest_first")
+        rows = backend.encode_batch(list(pairs), add_special_tokens=True)
+    else:
+        queries = backend.encode_batch([q for q, _ in pairs], add_special_tokens=False)
+        passages = backend.encode_batch([p for _, p in pairs], add_special_tokens=False)
+        backend.enable_truncation(max_length, strategy="only_second")
+        rows = []
+        for query, passage in zip(queries, passages, strict=True):
+            query.truncate(query_max_length)
+            passage.truncate(max_length)
+            rows.append(backend.post_process(query, passage, add_special_tokens=True))
     width = max(len(row.ids) for row in rows)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     arrays = {

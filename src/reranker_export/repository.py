@@ -38,6 +38,7 @@ from .settings import (
     SCORES_MODEL_NAME,
     TOKENIZER_MODEL_NAME,
     Overflow,
+    PairSemantics,
     Profile,
     ServingSettings,
 )
@@ -109,6 +110,7 @@ def batching(settings: ServingSettings, *, max_queue_delay_us: int = 0) -> mc.Mo
 
 def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
     tok = settings.tokenizer
+    flag = tok.effective_pair_semantics is PairSemantics.FLAG
     outputs = [_output(name, mc.TYPE_INT64, [-1, -1]) for name in signature.input_names]
     if tok.overflow is Overflow.WINDOW:
         outputs.append(_output(DOCUMENT_INDEX, mc.TYPE_INT32, [-1]))
@@ -127,7 +129,9 @@ def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc
             {
                 "tokenizer_file": TOKENIZER_FILENAME,
                 "max_length": tok.max_length,
-                "query_max_length": tok.effective_query_max_length,
+                "pair_semantics": tok.effective_pair_semantics.value,
+                # longest_first cuts the query per pair; query_max_length is flag's alone
+                "query_max_length": tok.effective_query_max_length if flag else "",
                 "overflow": tok.overflow.value,
                 "window_stride": tok.window_stride,
                 "length_buckets": ",".join(str(b) for b in tok.effective_length_buckets),

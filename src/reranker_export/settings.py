@@ -71,9 +71,24 @@ class Overflow(str, Enum):
     WINDOW = "window"  # overlapping windows, score = max over the windows
 
 
+class PairSemantics(str, Enum):
+    """How a (query, passage) pair is cut to ``max_length``: the rule of the library the model was
+    trained and evaluated with (docs/families.md). Chosen from the model at export
+    (``reranker_export.families``) unless set."""
+
+    FLAG = "flag"
+    """FlagEmbedding's FlagReranker (BGE rerankers): query cut to ``query_max_length``, passage
+    ``only_second``-truncated."""
+    LONGEST_FIRST = "longest_first"
+    """sentence-transformers ``CrossEncoder``, TEI, Jina v2's ``compute_score``: the tokenizer's
+    ``longest_first`` truncation of the pair at ``max_length``."""
+
+
 class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
+    INT8 = "int8"
+    """``cpu`` profile only: fused graph with dynamic INT8 weights, gated by ranking agreement."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,8 +97,11 @@ class TokenizerSettings:
 
     max_length: int = 512
     """Tokens per (query, passage) pair, special tokens included (FlagReranker ``max_length``)."""
+    pair_semantics: PairSemantics | None = None
+    """``None``: chosen from the model at export; a render without a model renders ``flag``
+    (the default model's)."""
     query_max_length: int | None = None
-    """Query tokens kept; ``None`` means ``max_length * 3 // 4`` as in FlagReranker."""
+    """``flag`` only: query tokens kept; ``None`` means ``max_length * 3 // 4`` as in FlagReranker."""
     overflow: Overflow = Overflow.TRUNCATE
     window_stride: int = 256
     """Window mode: passage tokens between the starts of two consecutive windows."""
@@ -93,6 +111,10 @@ class TokenizerSettings:
     max_query_bytes: int = 8 * 1024
     max_document_bytes: int = 64 * 1024
     max_request_bytes: int = 2 * 1024 * 1024
+
+    @property
+    def effective_pair_semantics(self) -> PairSemantics:
+        return self.pair_semantics or PairSemantics.FLAG
 
     @property
     def effective_query_max_length(self) -> int:
@@ -107,6 +129,11 @@ class TokenizerSettings:
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8, got {self.max_length}")
+        if self.pair_semantics is PairSemantics.LONGEST_FIRST and self.query_max_length is not None:
+            raise ValueError(
+                "query_max_length applies to the flag pair semantics only; longest_first cuts the query "
+                "and the passage together (drop --query-max-length, or use --pair-semantics flag)"
+            )
         qml = self.effective_query_max_length
         if not 1 <= qml < self.max_length - 4:
             raise ValueError(f"query_max_length must be in [1, max_length - 4), got {qml}")
@@ -165,7 +192,9 @@ class ServingSettings:
     tokenizer_instances: int = 2
     model_instances: int = 1
     precision: Precision = Precision.FP16
-    """Engine/ONNX precision for the GPU profiles; the ``cpu`` profile always runs FP32."""
+    """Engine/ONNX precision for the GPU profiles (fp16, fp32); the ``cpu`` profile runs FP32, or INT8."""
+    graph_fusion: bool = False
+    """``cpu`` profile: serve onnxruntime's fused transformer graph (INT8 always is)."""
     ort_intra_op_threads: int = 0
     """onnxruntime intra-op threads for the ``cpu`` profile; 0 lets onnxruntime use every core."""
     cpu_sub_batch_rows: int = 8
@@ -184,7 +213,11 @@ class ServingSettings:
             raise ValueError("cpu_sub_batch_rows must be >= 0")
         if self.tokenizer_instances < 1 or self.model_instances < 1:
             raise ValueError("instance counts must be positive")
+        if self.profile is not Profile.CPU and (self.precision is Precision.INT8 or self.graph_fusion):
+            raise ValueError("--precision int8 and --graph-fusion are for the cpu profile (onnxruntime on CPU)")
 
     @property
     def model_precision(self) -> Precision:
-        return Precision.FP32 if self.profile is Profile.CPU else self.precision
+        if self.profile is Profile.CPU:
+            return Precision.INT8 if self.precision is Precision.INT8 else Precision.FP32
+        return self.precision

@@ -1,12 +1,13 @@
 """Triton python-backend model ``reranker_tokenizer``: (query, documents) -> padded pair tensors.
 
-A thin adapter: the logic is ``reranker_steps.pairs`` (FlagReranker pair semantics, truncation or
-windowing, bucket padding), rendered beside this file. It imports only ``tokenizers``, ``numpy``,
+A thin adapter: the logic is ``reranker_steps.pairs`` (flag or longest_first pair semantics,
+truncation or windowing, bucket padding), rendered beside this file. It imports only ``tokenizers``, ``numpy``,
 the standard library and ``triton_python_backend_utils``, so it runs unchanged in NVIDIA's Triton
 image with ``tokenizers`` added.
 
 Config parameters (all ``string_value``; see ``reranker_steps.pairs.DEFAULTS``): ``tokenizer_file``,
-``max_length``, ``query_max_length``, ``overflow`` (truncate | window), ``window_stride``,
+``max_length``, ``pair_semantics`` (flag | longest_first), ``query_max_length`` (flag only),
+``overflow`` (truncate | window), ``window_stride``,
 ``length_buckets``, ``max_documents``, ``max_rows``, ``max_query_bytes``, ``max_document_bytes``,
 ``max_request_bytes``, ``model_inputs``, ``pad_token_id``.
 """

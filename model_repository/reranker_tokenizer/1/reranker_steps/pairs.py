@@ -1,15 +1,21 @@
 """The ``reranker_tokenizer`` step: (query, documents) -> padded pair tensors, without Triton.
 
-Pair semantics are FlagReranker's (FlagEmbedding ``encoder_only/base.py``): the query is tokenized
-without special tokens and cut to ``query_max_length``; the passage is tokenized without special
-tokens; the pair is the tokenizer's own pair template (``<s> q </s></s> p </s>`` for XLM-R,
-``[CLS] q [SEP] p [SEP]`` for BERT) with ``only_second`` truncation to ``max_length``. The template
-is read once from the tokenizer's post-processor, so pairs are built by slicing id arrays.
+Two pair semantics, each the rule of the library a model family was trained and evaluated with
+(docs/families.md). Both tokenize the query and the passage without special tokens and build the
+pair with the tokenizer's own pair template (``<s> q </s></s> p </s>`` for XLM-R,
+``[CLS] q [SEP] p [SEP]`` for BERT), read once from its post-processor, by slicing id arrays:
+
+- ``flag``, FlagReranker's (FlagEmbedding ``encoder_only/base.py``, the BGE rerankers): the query is
+  cut to ``query_max_length``, then the pair is ``only_second``-truncated to ``max_length``;
+- ``longest_first``, the tokenizer's ``longest_first`` truncation at ``max_length`` (sentence-
+  transformers ``CrossEncoder``, TEI, Jina v2's ``compute_score``): the longer side is cut first,
+  and when both are long each keeps half the budget (:func:`longest_first_lengths`).
 
 Long passages are either truncated (one row per document) or, in window mode, split into
-overlapping windows (several rows per document, with ``document_index`` saying whose). Rows are
-padded to the smallest length bucket that holds the longest, so Triton's dynamic batcher can
-merge requests of like length.
+overlapping windows (several rows per document, with ``document_index`` saying whose). With
+``longest_first`` the query of a windowed document is cut as truncation would cut it against the
+whole passage, so the first window is always the truncated pair. Rows are padded to the smallest
+length bucket that holds the longest, so Triton's dynamic batcher can merge requests of like length.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ if TYPE_CHECKING:
 KNOWN_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DOCUMENT_INDEX = "document_index"
 OVERFLOW_MODES = ("truncate", "window")
+PAIR_SEMANTICS = ("flag", "longest_first")
 DEFAULTS = {
     "tokenizer_file": "tokenizer.json",
     "max_length": "512",
-    "query_max_length": "",  # empty: max_length * 3 // 4, as FlagReranker
+    "pair_semantics": "flag",
+    "query_max_length": "",  # flag only; empty: max_length * 3 // 4, as FlagReranker
     "overflow": "truncate",
     "window_stride": "256",
     "length_buckets": "",  # empty: the single bucket max_length
@@ -167,29 +175,54 @@ class PairTemplate:
 # -- rows and padding -------------------------------------------------------------------------------
 
 
+def longest_first_lengths(query_tokens: int, passage_tokens: int, budget: int) -> tuple[int, int]:
+    """(query, passage) tokens kept by ``longest_first`` truncation to ``budget`` content tokens.
+
+    The rule of ``tokenizers``' ``TruncationStrategy::LongestFirst`` (what a fast tokenizer's
+    ``truncation=True`` on a pair does): nothing is cut when both fit; else the shorter side is
+    kept whole if the longer still gets at least as many tokens, and otherwise each side gets half
+    the budget, the longer one the odd token. Both sides keep their first tokens.
+    """
+    if query_tokens + passage_tokens <= budget:
+        return query_tokens, passage_tokens
+    short = min(query_tokens, passage_tokens)
+    keep_short, keep_long = short, (short if short > budget else max(short, budget - short))
+    if keep_short + keep_long > budget:
+        keep_short, keep_long = budget // 2, budget // 2 + budget % 2
+    if query_tokens > passage_tokens:
+        return min(query_tokens, keep_long), min(passage_tokens, keep_short)
+    return min(query_tokens, keep_short), min(passage_tokens, keep_long)
+
+
 def plan_rows(
-    passage_lengths: Sequence[int], budget: int, *, overflow: str, window_stride: int, max_rows: int
+    passage_lengths: Sequence[int],
+    budget: int | Sequence[int],
+    *,
+    overflow: str,
+    window_stride: int,
+    max_rows: int,
 ) -> list[Row]:
     """The model rows for passages of these lengths, ``budget`` passage tokens per row at most.
 
-    Truncate: FlagReranker cuts the passage to max_length, then truncates the pair
-    ``only_second``; together that is the passage's first ``budget`` tokens. Window: a passage
-    over the budget becomes windows ``window_stride`` apart (never more than ``budget``, so no
-    passage token is skipped), the last ending at the passage end. More than ``max_rows`` rows
-    (the model's max batch size) is a ``BadRequest``.
+    ``budget`` is one number for every passage, or one per passage (``longest_first``, where the
+    query's share depends on the passage). Truncate: the passage's first ``budget`` tokens (for
+    ``flag``, FlagReranker's cut to max_length then ``only_second``). Window: a passage over the
+    budget becomes windows ``window_stride`` apart (never more than ``budget``, so no passage
+    token is skipped), the last ending at the passage end. More than ``max_rows`` rows (the
+    model's max batch size) is a ``BadRequest``.
     """
+    budgets = [budget] * len(passage_lengths) if isinstance(budget, int) else list(budget)
     if overflow == "truncate":
-        rows = [(i, 0, min(n, budget)) for i, n in enumerate(passage_lengths)]
+        rows = [(i, 0, min(n, b)) for i, (n, b) in enumerate(zip(passage_lengths, budgets, strict=True))]
     else:
         rows = []
-        stride = min(window_stride, budget)
-        for i, n in enumerate(passage_lengths):
-            if n <= budget:
+        for i, (n, b) in enumerate(zip(passage_lengths, budgets, strict=True)):
+            if n <= b:
                 rows.append((i, 0, n))
             else:
-                starts = list(range(0, n - budget, stride))
-                starts.append(n - budget)  # the last window ends at the passage end
-                rows.extend((i, s, budget) for s in starts)
+                starts = list(range(0, n - b, min(window_stride, b)))
+                starts.append(n - b)  # the last window ends at the passage end
+                rows.extend((i, s, b) for s in starts)
             if len(rows) > max_rows:
                 break
     if len(rows) > max_rows:
@@ -212,6 +245,7 @@ def pair_tensors(
     passages: Sequence[Sequence[int]],
     rows: Sequence[Row],
     *,
+    query_lengths: Sequence[int] | None = None,
     width: int | None = None,
     buckets: np.ndarray,
     pad_token_id: int,
@@ -219,34 +253,32 @@ def pair_tensors(
 ) -> dict[str, np.ndarray]:
     """``input_ids``, ``attention_mask`` (and ``token_type_ids``) [rows, width], right-padded.
 
-    ``width`` defaults to the bucket of the longest row.
+    ``query_lengths`` gives the query tokens each document's rows keep (``longest_first``);
+    ``None`` keeps all of ``query_ids`` in every row. ``width`` defaults to the bucket of the
+    longest row.
     """
     t = template
-    head = np.concatenate([t.prefix, np.asarray(query_ids, dtype=np.int64), t.middle])
-    a = len(head)
-    lengths = np.asarray([a + n + len(t.suffix) for _, _, n in rows], dtype=np.int64)
+    query = np.asarray(query_ids, dtype=np.int64)
+    kept = [len(query) if query_lengths is None else query_lengths[i] for i, _, _ in rows]
+    heads = [len(t.prefix) + q + len(t.middle) for q in kept]  # row position where the passage starts
+    lengths = np.asarray([a + n + len(t.suffix) for a, (_, _, n) in zip(heads, rows, strict=True)], dtype=np.int64)
     if width is None:
         width = bucket_width(int(lengths.max()), buckets)
     input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
-    input_ids[:, :a] = head
-    for r, (i, start, n) in enumerate(rows):
-        if n:
-            input_ids[r, a : a + n] = passages[i][start : start + n]
+    token_type_ids = np.zeros((len(rows), width), dtype=np.int64)
+    for r, ((i, start, n), q, a) in enumerate(zip(rows, kept, heads, strict=True)):
+        input_ids[r, :a] = np.concatenate([t.prefix, query[:q], t.middle])
+        input_ids[r, a : a + n] = passages[i][start : start + n]
         input_ids[r, a + n : a + n + len(t.suffix)] = t.suffix
-    positions = np.arange(width, dtype=np.int64)
-    attention_mask = (positions[None, :] < lengths[:, None]).astype(np.int64)
+        if with_token_type_ids:
+            token_type_ids[r, :a] = np.concatenate(
+                [t.prefix_types, np.full(q, t.query_type, dtype=np.int64), t.middle_types]
+            )
+            token_type_ids[r, a : a + n] = t.passage_type
+            token_type_ids[r, a + n : a + n + len(t.suffix)] = t.suffix_types  # padding stays 0
+    attention_mask = (np.arange(width, dtype=np.int64)[None, :] < lengths[:, None]).astype(np.int64)
     tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
     if with_token_type_ids:
-        head_types = np.concatenate(
-            [t.prefix_types, np.full(len(query_ids), t.query_type, dtype=np.int64), t.middle_types]
-        )
-        token_type_ids = np.zeros_like(input_ids)
-        token_type_ids[:, :a] = head_types
-        # passage and suffix positions: passage type, then the suffix's own types; padding stays 0
-        token_type_ids[(positions[None, :] >= a) & (attention_mask == 1)] = t.passage_type
-        if len(t.suffix) and np.any(t.suffix_types != t.passage_type):
-            for r, (_, _, n) in enumerate(rows):
-                token_type_ids[r, a + n : a + n + len(t.suffix)] = t.suffix_types
         tensors["token_type_ids"] = token_type_ids
     return tensors
 
@@ -267,14 +299,24 @@ class PairEncoder:
         self.template = PairTemplate(tokenizer)
 
         self.max_length = params.integer("max_length", 8)
-        self.query_max_length = (
-            params.integer("query_max_length") if params.text("query_max_length") else self.max_length * 3 // 4
-        )
-        if self.query_max_length + self.template.num_special >= self.max_length:
+        self.pair_semantics = params.text("pair_semantics")
+        if self.pair_semantics not in PAIR_SEMANTICS:
             raise ValueError(
-                f"query_max_length ({self.query_max_length}) + special tokens ({self.template.num_special}) "
-                f"must be < max_length ({self.max_length}) so every pair keeps passage tokens"
+                f"parameter pair_semantics must be one of {', '.join(PAIR_SEMANTICS)}, got {self.pair_semantics!r}"
             )
+        self.query_max_length: int | None = None  # longest_first cuts the query per pair, in encode
+        if self.pair_semantics == "longest_first":
+            if params.text("query_max_length"):
+                raise ValueError("parameter query_max_length applies to pair_semantics flag only; leave it empty")
+        else:
+            self.query_max_length = (
+                params.integer("query_max_length") if params.text("query_max_length") else self.max_length * 3 // 4
+            )
+            if self.query_max_length + self.template.num_special >= self.max_length:
+                raise ValueError(
+                    f"query_max_length ({self.query_max_length}) + special tokens ({self.template.num_special}) "
+                    f"must be < max_length ({self.max_length}) so every pair keeps passage tokens"
+                )
         self.overflow = params.text("overflow")
         if self.overflow not in OVERFLOW_MODES:
             raise ValueError(f"parameter overflow must be 'truncate' or 'window', got {self.overflow!r}")
@@ -326,9 +368,16 @@ class PairEncoder:
     def encode(self, query: str, documents: Sequence[str]) -> dict[str, np.ndarray]:
         """The model's inputs for (query, each document), plus ``document_index`` in window mode."""
         encodings = self._encode_batch([query, *documents], add_special_tokens=False)
-        query_ids = encodings[0].ids[: self.query_max_length]
         passages = [e.ids for e in encodings[1:]]
-        budget = self.max_length - len(query_ids) - self.template.num_special  # passage tokens per row, >= 1
+        content = self.max_length - self.template.num_special  # query + passage tokens per row
+        query_lengths: list[int] | None = None
+        if self.pair_semantics == "flag":
+            query_ids = encodings[0].ids[: self.query_max_length]
+            budget: int | list[int] = content - len(query_ids)  # passage tokens per row, >= 1
+        else:
+            query_ids = encodings[0].ids
+            query_lengths = [longest_first_lengths(len(query_ids), len(p), content)[0] for p in passages]
+            budget = [content - q for q in query_lengths]
         rows = plan_rows(
             [len(p) for p in passages],
             budget,
@@ -341,6 +390,7 @@ class PairEncoder:
             query_ids,
             passages,
             rows,
+            query_lengths=query_lengths,
             buckets=self.buckets,
             pad_token_id=self.pad_token_id,
             with_token_type_ids="token_type_ids" in self.model_inputs,
