@@ -262,7 +262,9 @@ def test_invalid_input_is_never_retried(overload_server: Any, caplog: pytest.Log
     ):
         client.score(QUERY, ["a document"] * 100)
     assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    # (A shed before it, from the burst of an earlier test, may be retried; the rejection not.)
+    assert not [r for r in caplog.records if "INVALID_ARGUMENT on attempt" in r.getMessage()]
+    assert "gave up" not in str(raised.value)
 
 
 def test_the_canary_jumps_the_queue_of_a_busy_server(overload_server: Any) -> None:
