@@ -3,7 +3,7 @@
 A deployment is named by a spec, ``[NAME=]ADDRESS``: ``fp32=localhost:8001``,
 ``int8=grpc://reranker-int8.search.svc:8001``, ``dns:///reranker-headless:8001``. gRPC is the one
 transport today (the ``reranker`` ensemble through ``reranker_client``); an HTTP deployment (the
-gateway, once it lands) is one more class with the same two methods and one more scheme in
+gateway, not built yet) is one more class with the same two methods and one more scheme in
 :func:`open_deployment`.
 """
 
@@ -74,8 +74,8 @@ def parse_deployment(spec: str, *, model: str = "reranker") -> DeploymentSpec:
         scheme, rest = "grpc", address
     if scheme in ("http", "https"):
         raise DeploymentError(
-            f"deployment {spec!r}: HTTP deployments are not supported yet (the HTTP gateway has not landed); "
-            "give the Triton gRPC address, HOST:PORT"
+            f"deployment {spec!r}: HTTP deployments are not supported yet; "
+            "give the gRPC address, HOST:PORT, of the Triton (behind the gateway, if there is one)"
         )
     if scheme == "dns":
         rest = address  # gRPC's own resolver syntax, dns:///host:port: keep it whole

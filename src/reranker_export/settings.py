@@ -56,7 +56,15 @@ from reranker_client.config import (
 DEFAULT_MODEL_ID = "BAAI/bge-reranker-v2-m3"
 
 
-class Profile(str, Enum):
+class Choice(str, Enum):
+    """A setting with a few named values; prints as its value (``cpu``, not ``Profile.CPU``) in
+    ``--help``, messages and f-strings."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Profile(Choice):
     """Where ``reranker_model`` runs (see DESIGN.md, "Model repository profiles")."""
 
     TENSORRT = "tensorrt"
@@ -64,14 +72,14 @@ class Profile(str, Enum):
     CPU = "cpu"
 
 
-class Overflow(str, Enum):
+class Overflow(Choice):
     """What the tokenizer step does with a passage longer than the token budget."""
 
     TRUNCATE = "truncate"  # FlagReranker parity: cut the passage (``only_second``)
     WINDOW = "window"  # overlapping windows, score = max over the windows
 
 
-class PairSemantics(str, Enum):
+class PairSemantics(Choice):
     """How a (query, passage) pair is cut to ``max_length``: the rule of the library the model was
     trained and evaluated with (docs/families.md). Chosen from the model at export
     (``reranker_export.families``) unless set."""
@@ -84,7 +92,7 @@ class PairSemantics(str, Enum):
     ``longest_first`` truncation of the pair at ``max_length``."""
 
 
-class Precision(str, Enum):
+class Precision(Choice):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
