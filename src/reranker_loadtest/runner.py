@@ -6,9 +6,12 @@ library with gevent at import, which must not happen in the caller's process.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -191,9 +194,38 @@ def run_loadtest(
     child_env = dict(os.environ if env is None else env)
     # The workload text is multilingual; make Locust's own output UTF-8 whatever the locale.
     child_env.setdefault("PYTHONIOENCODING", "utf-8")
-    completed = subprocess.run(locust_command(settings), stdout=stdout, stderr=stderr, env=child_env)
+    exit_code = _run_own_group(locust_command(settings), stdout=stdout, stderr=stderr, env=child_env)
     verdict = Verdict.read(settings.verdict_path) if settings.verdict_path.exists() else None
-    return LoadtestResult(exit_code=completed.returncode, verdict=verdict, report_dir=settings.report_dir)
+    return LoadtestResult(exit_code=exit_code, verdict=verdict, report_dir=settings.report_dir)
+
+
+LEFTOVER_GRACE_S = 5.0
+
+
+def _run_own_group(command: list[str], *, stdout: int | None, stderr: int | None, env: dict[str, str]) -> int:
+    """Run Locust in a process group of its own, and stop what is left of it when it exits.
+
+    With ``--processes``, Locust forks its workers; a worker that outlives its master (seen on a
+    loaded machine) would keep running and hold the output pipes open, so a caller reading them
+    would wait forever. Ctrl-C is passed on to the whole group, so Locust still writes its stats.
+    """
+    process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+
+    def stop_leftovers() -> None:
+        process.wait()
+        threading.Event().wait(LEFTOVER_GRACE_S)  # workers normally leave with their master
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    threading.Thread(target=stop_leftovers, name="locust-leftovers", daemon=True).start()
+    try:
+        process.communicate()
+    except KeyboardInterrupt:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGINT)
+        process.communicate()
+        raise
+    return process.returncode
 
 
 def split_passthrough(argv: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
