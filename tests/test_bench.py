@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ def test_cli_help_and_user_errors() -> None:
     for command in ((), *((name,) for name in COMMANDS)):
         done = _run(*command, "--help", timeout=60)
         assert done.returncode == EXIT_OK and "usage:" in done.stdout, command
+        help_text = " ".join(done.stdout.split())  # argparse wraps lines
+        assert "(default: None)" not in help_text and "%%" not in help_text, command
+        assert not re.search(r"\(default: [^)]*\) \(default:", help_text), command  # one default per option
     for bad in (["--concurrency", "0"], ["--concurrency", "1,x"], ["serving", "--requests", "0"]):
         done = _run(*bad, timeout=60)
         assert done.returncode == EXIT_USAGE, bad
@@ -315,7 +319,7 @@ def test_precision_bench_runs_every_graph_side_by_side(tmp_path: Path) -> None:
         work=tmp_path,
         candidates=8,
         pair_tokens=64,
-        repeats=1,
+        repeats=2,
         variants=("fp32", "fused", "int8", "openvino-fp32"),
         concurrency=(2,),
         requests_per_level=2,
@@ -328,8 +332,9 @@ def test_precision_bench_runs_every_graph_side_by_side(tmp_path: Path) -> None:
     assert results["openvino-fp32"]["max_abs_diff_vs_fp32"] <= 1e-4  # f32 hint: no silent bf16
     assert 0 < results["int8"]["max_abs_diff_vs_fp32"] < 0.5
     assert results["int8"]["file_mib"] < 0.5 * results["fp32"]["file_mib"]
+    assert all(len(r["step_latency_s"]) == 2 for r in results.values())  # every graph in each round
     for name in ("fp32", "fused", "int8"):  # served through the ensemble
-        assert len(results[name]["end_to_end_latency_s"]) == 1 and set(results[name]["throughput_pairs_per_s"]) == {2}
+        assert len(results[name]["end_to_end_latency_s"]) == 2 and set(results[name]["throughput_pairs_per_s"]) == {2}
     assert (
         "end_to_end_latency_s" not in results["openvino-fp32"] or not results["openvino-fp32"]["end_to_end_latency_s"]
     )

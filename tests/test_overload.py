@@ -283,3 +283,56 @@ def test_the_canary_jumps_the_queue_of_a_busy_server(overload_server: Any) -> No
     assert healthy
     # It came back while most of the backlog, sent before it, still waited.
     assert pending >= QUEUE_SIZE // 2
+
+
+def test_the_tokenizer_sheds_early_what_the_model_step_could_not_serve_in_time(overload_server: Any) -> None:
+    """A stream faster than the model step: once its queue stands longer than half a caller's
+    timeout, the tokenizer refuses new requests at once, without tokenizing them; when the
+    stream stops, requests with the same deadline are served again."""
+    expected = _solo(overload_server)
+    before = _metrics(overload_server)
+    deadline_s = 2.0
+
+    async def stream() -> list[Any]:
+        async with AsyncRerankerClient(
+            overload_server.grpc_url, timeout=deadline_s, retries=RetryPolicy.disabled()
+        ) as c:
+
+            async def one() -> Any:
+                try:
+                    return await c.score(QUERY, DOCUMENTS)
+                except (OverloadedError, DeadlineExceededError) as exc:
+                    return exc
+
+            calls = []
+            for _ in range(80):  # 20 requests/s for 4 s, far more than this model step computes
+                calls.append(asyncio.ensure_future(one()))
+                await asyncio.sleep(0.05)
+            return list(await asyncio.gather(*calls))
+
+    results = asyncio.run(stream())
+    early = [r for r in results if isinstance(r, OverloadedError) and "shed before tokenizing" in str(r)]
+    assert early, [str(r) for r in results if not isinstance(r, np.ndarray)][:5]
+    for error in early:
+        assert error.code is grpc.StatusCode.UNAVAILABLE and isinstance(error, ServerUnavailableError)
+    for scores in (r for r in results if isinstance(r, np.ndarray)):
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+
+    def delta(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+        return _total(metrics, name, **labels) - _total(before, name, **labels)
+
+    # The steps count after answering: read until the refusals are all counted (or give up).
+    for _ in range(100):
+        after = _metrics(overload_server)
+        if delta(after, "reranker_requests_shed", step=TOKENIZER_MODEL_NAME) >= len(early):
+            break
+        threading.Event().wait(0.1)
+    assert delta(after, "reranker_requests_shed", step=TOKENIZER_MODEL_NAME) == len(early)
+    # The refused requests never reached the model step: it scored rows for the others only.
+    assert delta(after, "reranker_rows_scored", step=CORE_MODEL_NAME) <= (len(results) - len(early)) * len(DOCUMENTS)
+
+    # Once the stream has stopped and the model's queue has run down (Triton drops what waited past
+    # the callers' timeout), a caller with the same deadline is admitted again and answered.
+    threading.Event().wait(deadline_s)
+    with RerankerClient(overload_server.grpc_url, timeout=deadline_s, retries=RetryPolicy.disabled()) as client:
+        np.testing.assert_allclose(client.score(QUERY, DOCUMENTS), expected, rtol=1e-5, atol=1e-5)

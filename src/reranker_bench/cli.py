@@ -28,6 +28,7 @@ from reranker_common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    HelpFormatter,
     Progress,
     int_list,
     progress_printer,
@@ -63,7 +64,7 @@ def _subcommand(
     commands: Any, name: str, summary: str, description: str, configure: Configure, run: Run
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
-        name, help=summary, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        name, help=summary, description=description, formatter_class=HelpFormatter
     )
     parser.set_defaults(configure=configure, run=run)
     return parser
@@ -89,7 +90,9 @@ def _add_compare(commands: Any) -> None:
         default=Device.CPU.value,
         help="cpu: 6-layer/384 XLM-R; gpu: full-size bge-reranker-v2-m3 architecture in FP16 (needs CUDA)",
     )
-    parser.add_argument("--concurrency", type=int_list, default=(1, 4, 16), help="comma-separated levels")
+    parser.add_argument(
+        "--concurrency", type=int_list, default=(1, 4, 16), help="comma-separated levels (default: 1,4,16)"
+    )
     parser.add_argument(
         "--rounds", type=int, default=1, help="requests per level = max(min-requests, rounds x concurrency)"
     )
@@ -463,12 +466,12 @@ def _add_gateway(commands: Any) -> None:
         "the HTTP gateway's overhead: the same reranks through reranker-gateway and straight over gRPC",
         "Send the same reranks straight to Triton (gRPC, AsyncRerankerClient) and through reranker-gateway "
         "(HTTP POST /v1/rerank), alternating in rounds on one server. Reports p50/p95, requests/s and the "
-        "gateway's CPU per request; exits 1 when it misses a target (<= 1 ms added p50, <= 5%% throughput "
+        "gateway's CPU per request; exits 1 when it misses a target (<= 1 ms added p50, <= 5% throughput "
         "lost at the highest concurrency).",
         _gateway_settings,
         _run_gateway,
     )
-    parser.add_argument("--concurrency", type=int_list, default=(1, 16), help="comma-separated levels")
+    parser.add_argument("--concurrency", type=int_list, default=(1, 16), help="comma-separated levels (default: 1,16)")
     parser.add_argument("--requests", type=int, default=200, help="measured requests per level and path")
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the two paths per level")
     parser.add_argument("--warmup", type=int, default=16, help="warm-up requests per path")

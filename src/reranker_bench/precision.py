@@ -202,17 +202,44 @@ def _openvino_runner(path: Path, settings: PrecisionBenchSettings) -> Callable[[
     return score
 
 
-def measure_step(
-    variant: str, path: Path, feed: dict[str, np.ndarray], settings: PrecisionBenchSettings
-) -> tuple[list[float], np.ndarray]:
-    run = (_openvino_runner if variant.startswith("openvino") else _onnxruntime_runner)(path, settings)
-    logits = run(feed)  # warm-up: first-run allocations and kernel selection are not the steady state
-    times = []
-    for _ in range(settings.repeats):
-        started = time.perf_counter()
-        run(feed)
-        times.append(time.perf_counter() - started)
-    return times, logits.reshape(-1)
+def _graph_of(variant: str, graphs: dict[str, Path]) -> Path:
+    """OpenVINO runs onnxruntime's FP32 and INT8 graphs; the others are their own graph."""
+    if variant.startswith("openvino"):
+        return graphs["int8" if variant.endswith("int8") else "fp32"]
+    return graphs[variant]
+
+
+def measure_steps(
+    graphs: dict[str, Path], feed: dict[str, np.ndarray], settings: PrecisionBenchSettings, progress: Progress
+) -> tuple[dict[str, list[float]], dict[str, np.ndarray]]:
+    """Each variant's step latencies and logits, the variants interleaved in rounds.
+
+    Every variant is loaded and warmed up first (first-run allocations and kernel selection are
+    not the steady state); then each round times every variant once, so a change in the
+    machine's load during the run hits all of them instead of whichever ran last.
+    """
+    runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {}
+    logits: dict[str, np.ndarray] = {}
+    for variant, path in graphs.items():
+        progress(f"model step alone: loading and warming up {variant}")
+        try:
+            run = (_openvino_runner if variant.startswith("openvino") else _onnxruntime_runner)(path, settings)
+            logits[variant] = run(feed).reshape(-1)
+        except Exception as exc:  # OpenVINO may refuse a graph: reported, the others still run
+            if not variant.startswith("openvino"):
+                raise BenchmarkError(f"{variant}: {exc}") from exc
+            progress(f"{variant} failed: {exc}")
+            continue
+        runners[variant] = run
+    times: dict[str, list[float]] = {variant: [] for variant in runners}
+    for round_number in range(1, settings.repeats + 1):
+        for variant, run in runners.items():
+            started = time.perf_counter()
+            run(feed)
+            times[variant].append(time.perf_counter() - started)
+        timings = ", ".join(f"{variant} {seconds[-1]:.3f} s" for variant, seconds in times.items())
+        progress(f"  round {round_number}/{settings.repeats}: {timings}")
+    return times, logits
 
 
 # -- end to end through Triton ----------------------------------------------------------------------
@@ -260,25 +287,44 @@ def _call(url: str, query: str, documents: list[str]) -> float:
 
 
 def measure_end_to_end(
-    result: VariantResult,
+    results: list[VariantResult],
     model_dir: Path,
-    graph: Path,
+    graphs: dict[str, Path],
     request: tuple[str, list[str]],
     settings: PrecisionBenchSettings,
+    progress: Progress,
 ) -> None:
-    server = _serve(model_dir, graph, settings.work / "repos" / f"{settings.architecture}-{result.variant}", settings)
+    """End to end through Triton, one server per graph, all up at once and called in alternation.
+
+    As with the step, each round calls every graph once, and each concurrency level runs every
+    graph back to back, so load drifting during the run does not favour one of them.
+    """
+    query, documents = request
+    servers: dict[str, Any] = {}
     try:
-        query, documents = request
-        _call(server.grpc_url, query, documents)  # warm-up
-        result.end_to_end_latency_s = [_call(server.grpc_url, query, documents) for _ in range(settings.repeats)]
+        for result in results:
+            progress(f"end to end through Triton: serving {result.variant}")
+            repository = settings.work / "repos" / f"{settings.architecture}-{result.variant}"
+            servers[result.variant] = _serve(model_dir, graphs[result.variant], repository, settings)
+            _call(servers[result.variant].grpc_url, query, documents)  # warm-up
+        for round_number in range(1, settings.repeats + 1):
+            for result in results:
+                result.end_to_end_latency_s.append(_call(servers[result.variant].grpc_url, query, documents))
+            timings = ", ".join(f"{r.variant} {r.end_to_end_latency_s[-1]:.3f} s" for r in results)
+            progress(f"  round {round_number}/{settings.repeats}: {timings}")
         for level in settings.concurrency:
             requests = max(level, settings.requests_per_level)
-            started = time.perf_counter()
-            with ThreadPoolExecutor(level) as pool:  # ``level`` requests in flight until all are answered
-                list(pool.map(lambda _: _call(server.grpc_url, query, documents), range(requests)))
-            result.throughput_pairs_per_s[level] = requests * len(documents) / (time.perf_counter() - started)
+            for result in results:
+                url = servers[result.variant].grpc_url
+                started = time.perf_counter()
+                with ThreadPoolExecutor(level) as pool:  # ``level`` requests in flight until all are answered
+                    list(pool.map(lambda _, url=url: _call(url, query, documents), range(requests)))
+                pairs_per_s = requests * len(documents) / (time.perf_counter() - started)
+                result.throughput_pairs_per_s[level] = pairs_per_s
+                progress(f"  c={level}: {result.variant} {pairs_per_s:.1f} pairs/s")
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -291,35 +337,25 @@ def run_precision_bench(settings: PrecisionBenchSettings, progress: Progress) ->
     tokens = feed["attention_mask"].sum(axis=1)
     progress(f"request: {len(documents)} pairs, {tokens.mean():.0f} tokens on average (max {tokens.max()})")
     results: dict[str, VariantResult] = {}
-    reference: np.ndarray | None = None
-    for variant in settings.variants:
-        graph = (
-            graphs["int8" if variant.endswith("int8") else "fp32"]
-            if variant.startswith("openvino")
-            else graphs[variant]
-        )
-        result = VariantResult(variant=variant, file_mib=_mib(graph))
-        results[variant] = result
-        if not settings.step:
-            continue
-        progress(f"model step alone: {variant}")
-        try:
-            result.step_latency_s, logits = measure_step(variant, graph, feed, settings)
-        except Exception as exc:  # OpenVINO may refuse a graph: reported, the others still run
-            if not variant.startswith("openvino"):
-                raise BenchmarkError(f"{variant}: {exc}") from exc
-            progress(f"{variant} failed: {exc}")
-            del results[variant]
-            continue
-        if reference is None:
-            reference = logits
-        result.max_abs_diff_vs_fp32 = float(np.max(np.abs(logits - reference)))
-        progress(f"  median {result.step_median_s:.3f} s, max |Δlogit| vs FP32 {result.max_abs_diff_vs_fp32:.3g}")
+    variant_graphs = {variant: _graph_of(variant, graphs) for variant in settings.variants}
+    for variant, graph in variant_graphs.items():
+        results[variant] = VariantResult(variant=variant, file_mib=_mib(graph))
+    if settings.step:
+        times, logits = measure_steps(variant_graphs, feed, settings, progress)
+        for variant in settings.variants:
+            if variant not in times:
+                del results[variant]
+                continue
+            result = results[variant]
+            result.step_latency_s = times[variant]
+            result.max_abs_diff_vs_fp32 = float(np.max(np.abs(logits[variant] - logits["fp32"])))
+            progress(
+                f"{variant}: median {result.step_median_s:.3f} s, "
+                f"max |Δlogit| vs FP32 {result.max_abs_diff_vs_fp32:.3g}"
+            )
     if settings.end_to_end:
-        for variant in SERVED_VARIANTS:
-            if variant in results:
-                progress(f"end to end through Triton: {variant}")
-                measure_end_to_end(results[variant], model_dir, graphs[variant], (query, documents), settings)
+        served = [results[variant] for variant in SERVED_VARIANTS if variant in results]
+        measure_end_to_end(served, model_dir, graphs, (query, documents), settings, progress)
     base = results["fp32"]
     return {
         "machine": machine_info(),

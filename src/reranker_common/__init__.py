@@ -2,6 +2,7 @@
 
 - exit codes, one convention for every CLI: 0 done, 1 the work failed, 2 a usage error, 130 interrupted;
 - ``int_list``: the argparse type for comma-separated integers (``--length-buckets 64,128``);
+- ``HelpFormatter``: argparse help with each option's default, unless it has none or says it itself;
 - ``progress_printer``: progress lines with the elapsed time, on stderr so stdout stays the result;
 - ``free_port``: a TCP port nobody listens on right now.
 
@@ -32,6 +33,17 @@ def int_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help, except where X is ``None`` or ``False`` (no
+    default worth printing) or where the help already names its default in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def progress_printer(stream: TextIO | None = None) -> Progress:

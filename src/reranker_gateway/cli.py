@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, progress_printer
+from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HelpFormatter, progress_printer
 
 from .settings import (
     DEFAULT_HEALTH_TIMEOUT_S,
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"API keys: ${KEYS_ENV} (comma-separated) or --api-key-file; without either, no authentication. "
         "TLS: --ssl-certfile/--ssl-keyfile, or terminate it at the ingress. "
         "Exit codes: 0 stopped, 1 could not start, 2 usage error, 130 interrupted.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--triton",

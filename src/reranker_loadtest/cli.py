@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reranker_client.config import ENSEMBLE_NAME
-from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from reranker_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HelpFormatter
 
 from .errors import LoadtestError
 from .runner import (
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             "exits 1 when the SLO is violated. Arguments after '--' go to Locust unchanged "
             "(e.g. '-- --loglevel DEBUG')."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     target = parser.add_argument_group("target")
     target.add_argument("--target", default=DEFAULT_TARGET, help="Triton gRPC address host:port")
