@@ -19,11 +19,9 @@ from reranker_export.settings import (
     CORE_MODEL_NAME,
     ENSEMBLE_NAME,
     SCORES_MODEL_NAME,
-    TOKENIZED_AT,
     TOKENIZER_MODEL_NAME,
     Overflow,
     Profile,
-    QueueSettings,
     ServingSettings,
     TokenizerSettings,
 )
@@ -104,22 +102,6 @@ def test_model_config_per_profile() -> None:
     assert cpu.dynamic_batching.max_queue_delay_microseconds == 250
     for config in (trt, ort, cpu):
         assert config.max_batch_size == 128 and config.HasField("dynamic_batching")
-
-
-@pytest.mark.parametrize("profile", list(Profile), ids=lambda p: p.value)
-@pytest.mark.parametrize("share", [0.5, 0.0])
-def test_early_shedding_wires_the_tokenizer_to_the_cpu_model_step(profile: Profile, share: float) -> None:
-    settings = ServingSettings(profile=profile, queue=QueueSettings(shed_wait_share=share))
-    configs = build_configs(settings, ModelSignature())
-    tokenizer, model, ensemble = (configs[n] for n in (TOKENIZER_MODEL_NAME, CORE_MODEL_NAME, ENSEMBLE_NAME))
-    on = profile is Profile.CPU and share > 0  # only the python model step reports its queue
-    assert (TOKENIZED_AT in _outputs(tokenizer)) == on and (TOKENIZED_AT in _inputs(model)) == on
-    if on:
-        assert _outputs(tokenizer)[TOKENIZED_AT] == (mc.TYPE_INT64, [-1, 1])
-        assert _inputs(model)[TOKENIZED_AT] == (mc.TYPE_INT64, [1])  # [rows, 1] with the batch dimension
-    tokenizer_step, model_step = ensemble.ensemble_scheduling.step[:2]
-    assert (TOKENIZED_AT in tokenizer_step.output_map) == on and (TOKENIZED_AT in model_step.input_map) == on
-    assert tokenizer.parameters["shed_wait_share"].string_value == str(share if on else 0)
 
 
 def test_tokenizer_parameters_come_from_settings() -> None:

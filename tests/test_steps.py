@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from reranker_export.testmodels import long_document, relevance_examples
-from reranker_steps.backlog import SHED_MESSAGE, QueueWait, remove_stale_signals, shed_reason, signal_path
 from reranker_steps.errors import Abandoned, BadRequest
 from reranker_steps.onnx_scoring import OnnxScorer, check_inputs, concatenate_padded, session_options, sub_batches
 from reranker_steps.pairs import (
@@ -406,51 +405,8 @@ def test_window_index_must_cover_every_document(index: list[int], rows: int, phr
 def test_step_tensor_names_are_the_contract() -> None:
     # The steps cannot import reranker_client inside Triton; their copies must not drift.
     from reranker_client import config
-    from reranker_client.errors import SHED_MESSAGES
-    from reranker_steps import backlog, onnx_scoring, pairs
+    from reranker_steps import onnx_scoring, pairs
 
     assert pairs.DOCUMENT_INDEX == config.DOCUMENT_INDEX
-    assert backlog.TOKENIZED_AT == config.TOKENIZED_AT and backlog.SHED_MESSAGE in SHED_MESSAGES
     assert pairs.KNOWN_MODEL_INPUTS == (config.INPUT_IDS, config.ATTENTION_MASK, config.TOKEN_TYPE_IDS)
     assert onnx_scoring.OUTPUT_NAME == config.LOGITS
-
-
-# -- early shedding: the model step's queue wait, shared with the tokenizer --------------------------
-
-
-def test_queue_wait_is_shared_between_processes_and_runs_down(tmp_path: Path) -> None:
-    path = tmp_path / "signal"
-    model_side, tokenizer_side = QueueWait(path), QueueWait(path)  # as the two stubs open it
-    try:
-        assert tokenizer_side.expected_wait_s() == 0.0  # nothing measured yet: admit
-        dequeued_at = 1_000_000_000_000
-        # The standing queue is the shortest wait among the requests just dequeued.
-        model_side.publish(dequeued_at, [900_000_000, 400_000_000, 2_000_000_000])
-        assert tokenizer_side.expected_wait_s(dequeued_at) == pytest.approx(0.4)
-        assert tokenizer_side.expected_wait_s(dequeued_at + 100_000_000) == pytest.approx(0.3)
-        # Nothing dequeued for a while (everything was refused): the estimate reaches 0, admission reopens.
-        assert tokenizer_side.expected_wait_s(dequeued_at + 500_000_000) == 0.0
-        model_side.publish(dequeued_at, [])  # an execution without stamped requests changes nothing
-        assert tokenizer_side.expected_wait_s(dequeued_at) == pytest.approx(0.4)
-    finally:
-        model_side.close()
-        tokenizer_side.close()
-    assert QueueWait(path).expected_wait_s() >= 0.0  # a closed signal's file stays readable
-
-
-def test_shed_reason_compares_the_wait_with_a_share_of_the_request_timeout() -> None:
-    assert shed_reason(0.3, 1.0, 0.5) is None
-    reason = shed_reason(0.6, 1.0, 0.5)
-    assert reason is not None and reason.startswith(SHED_MESSAGE) and "0.6 s" in reason
-    assert shed_reason(100.0, 1.0, 0.0) is None  # share 0: early shedding off
-    assert shed_reason(100.0, 0.0, 0.5) is None  # no timeout known: nothing to compare with
-
-
-def test_signal_files_are_per_repository_and_those_of_dead_servers_are_removed(tmp_path: Path) -> None:
-    first, second = signal_path("/models/a", str(tmp_path)), signal_path("/models/b", str(tmp_path))
-    assert first != second and first == signal_path("/models/a", str(tmp_path)) and first.parent == tmp_path
-    dead = tmp_path / "reranker-queue-wait-999999999-0123456789abcdef"
-    for path in (first, dead):
-        QueueWait(path).close()
-    remove_stale_signals(tmp_path)
-    assert first.exists() and not dead.exists()  # this process's parent runs; pid 999999999 does not

@@ -25,7 +25,6 @@ ATTENTION_MASK = "attention_mask"
 TOKEN_TYPE_IDS = "token_type_ids"  # only for models whose tokenizer emits it (BERT)
 DOCUMENT_INDEX = "document_index"  # window mode: which document each row belongs to
 LOGITS = "logits"
-TOKENIZED_AT = "tokenized_at_ns"  # cpu profile, early shedding: when the tokenizer let a request go
 MAX_DOCUMENTS_PARAMETER = "max_documents"
 # Triton request priorities of the steps' queues (1 is served first): health checks jump the
 # queue, so that a busy server is not mistaken for a broken one (and restarted under load).

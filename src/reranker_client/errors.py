@@ -88,9 +88,8 @@ def status_code(error: BaseException) -> grpc.StatusCode | None:
 
 
 # Triton's words (core's scheduler_utils.cc and dynamic_batch_scheduler.cc) for a request its queue
-# policy refused, and the tokenizer step's for a request it shed early (reranker_steps.backlog);
-# all come with UNAVAILABLE.
-SHED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired", "shed before tokenizing")
+# policy refused; both come with UNAVAILABLE.
+SHED_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 # The python backend's words for a step whose stub process is gone (killed, out of memory).
 STUB_FAILURE_MESSAGES = ("Stub process", "is not healthy")
 

@@ -114,13 +114,6 @@ def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest wait in a step's queue before the request is rejected (UNAVAILABLE); callers' "
         "deadlines shorten it (default: %(default)s)",
     )
-    group.add_argument(
-        "--shed-wait-share",
-        type=float,
-        default=defaults.queue.shed_wait_share,
-        help="cpu profile: refuse a request before tokenizing it when the model step's queue would hold it "
-        "longer than this share of its timeout; 0 = off (default: %(default)s)",
-    )
     group.add_argument("--tokenizer-instances", type=int, default=defaults.tokenizer_instances)
     group.add_argument("--model-instances", type=int, default=defaults.model_instances)
     group.add_argument(
@@ -164,11 +157,7 @@ def _serving_settings(args: argparse.Namespace) -> ServingSettings:
         ),
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,
-        queue=QueueSettings(
-            max_queue_size=args.max_queue_size,
-            timeout_us=round(args.queue_timeout_ms * 1000),
-            shed_wait_share=args.shed_wait_share,
-        ),
+        queue=QueueSettings(max_queue_size=args.max_queue_size, timeout_us=round(args.queue_timeout_ms * 1000)),
         tokenizer_instances=args.tokenizer_instances,
         model_instances=args.model_instances,
         precision=args.precision,

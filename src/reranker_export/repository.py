@@ -36,7 +36,6 @@ from .settings import (
     QUERY,
     SCORES,
     SCORES_MODEL_NAME,
-    TOKENIZED_AT,
     TOKENIZER_MODEL_NAME,
     Overflow,
     PairSemantics,
@@ -109,19 +108,12 @@ def batching(settings: ServingSettings, *, max_queue_delay_us: int = 0) -> mc.Mo
     )
 
 
-def sheds_early(settings: ServingSettings) -> bool:
-    """Early shedding (``reranker_steps.backlog``) needs a model step that reports its queue: the cpu one."""
-    return settings.profile is Profile.CPU and settings.queue.shed_wait_share > 0
-
-
 def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc.ModelConfig:
     tok = settings.tokenizer
     flag = tok.effective_pair_semantics is PairSemantics.FLAG
     outputs = [_output(name, mc.TYPE_INT64, [-1, -1]) for name in signature.input_names]
     if tok.overflow is Overflow.WINDOW:
         outputs.append(_output(DOCUMENT_INDEX, mc.TYPE_INT32, [-1]))
-    if sheds_early(settings):
-        outputs.append(_output(TOKENIZED_AT, mc.TYPE_INT64, [-1, 1]))
     return mc.ModelConfig(
         name=TOKENIZER_MODEL_NAME,
         backend="python",
@@ -150,7 +142,6 @@ def tokenizer_config(settings: ServingSettings, signature: ModelSignature) -> mc
                 "max_request_bytes": tok.max_request_bytes,
                 "model_inputs": ",".join(signature.input_names),
                 "pad_token_id": signature.pad_token_id,
-                "shed_wait_share": settings.queue.shed_wait_share if sheds_early(settings) else 0,
             }
         ),
     )
@@ -180,8 +171,6 @@ def model_config(settings: ServingSettings, signature: ModelSignature) -> mc.Mod
         )
     else:
         config.backend = "python"
-        if sheds_early(settings):  # [rows, 1], when each request left the tokenizer
-            config.input.append(_input(TOKENIZED_AT, mc.TYPE_INT64, [1]))
         config.instance_group.append(
             mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.model_instances)
         )
@@ -225,15 +214,11 @@ def ensemble_config(settings: ServingSettings, signature: ModelSignature) -> mc.
     """The public contract: ``query`` BYTES [1], ``documents`` BYTES [N] -> ``scores`` FP32 [N]."""
     window = settings.tokenizer.overflow is Overflow.WINDOW
     tokenizer_outputs = {name: name for name in signature.input_names}
-    model_inputs = list(signature.input_names)
     if window:
         tokenizer_outputs[DOCUMENT_INDEX] = DOCUMENT_INDEX
-    if sheds_early(settings):
-        tokenizer_outputs[TOKENIZED_AT] = TOKENIZED_AT
-        model_inputs.append(TOKENIZED_AT)
     steps = [
         _step(TOKENIZER_MODEL_NAME, (QUERY, DOCUMENTS), tokenizer_outputs),
-        _step(CORE_MODEL_NAME, model_inputs, {LOGITS: LOGITS if window else SCORES}),
+        _step(CORE_MODEL_NAME, signature.input_names, {LOGITS: LOGITS if window else SCORES}),
     ]
     if window:
         steps.append(_step(SCORES_MODEL_NAME, (LOGITS, DOCUMENT_INDEX), {SCORES: SCORES}))

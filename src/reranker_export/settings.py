@@ -50,9 +50,6 @@ from reranker_client.config import (
     TOKEN_TYPE_IDS as TOKEN_TYPE_IDS,
 )
 from reranker_client.config import (
-    TOKENIZED_AT as TOKENIZED_AT,
-)
-from reranker_client.config import (
     TOKENIZER_MODEL_NAME as TOKENIZER_MODEL_NAME,
 )
 
@@ -180,15 +177,7 @@ class QueueSettings:
     each request's remaining time, so an interactive caller's request leaves the queue when its
     caller would give up, while a batch job with a long deadline is not shed for waiting."""
 
-    shed_wait_share: float = 0.5
-    """``cpu`` profile, early shedding: the tokenizer refuses a request before tokenizing it (UNAVAILABLE)
-    when the model step's queue would hold it longer than this share of its timeout, so an
-    overloaded node spends its CPU on requests it can answer in time. 0 turns it off; the GPU
-    profiles, whose model step does not report its queue, never shed early."""
-
     def __post_init__(self) -> None:
-        if not 0.0 <= self.shed_wait_share <= 1.0:
-            raise ValueError(f"shed_wait_share must be in [0, 1], got {self.shed_wait_share}")
         if self.max_queue_size < 0:
             raise ValueError(f"max_queue_size must be >= 0, got {self.max_queue_size}")
         # Triton applies a caller's timeout only when it is below the default one, so 0 (no

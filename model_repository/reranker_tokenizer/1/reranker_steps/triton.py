@@ -89,11 +89,6 @@ class StepMetrics:
                     description="Requests a step stopped working on: cancelled, or past their timeout",
                     kind=counter,
                 ),
-                "shed": pb_utils.MetricFamily(
-                    name="reranker_requests_shed_total",
-                    description="Requests refused before any work: the model step's queue would outlast them",
-                    kind=counter,
-                ),
             }
         except AttributeError:
             self._families = {}
@@ -127,13 +122,10 @@ def answer_each(
     requests: Sequence[Any],
     handle: Callable[[Any], Mapping[str, np.ndarray]],
     metrics: StepMetrics | None = None,
-    *,
-    shed: Callable[[Any], str | None] | None = None,
 ) -> list[Any]:
     """One answer per request, each on its own: a bad or failing request never fails the others,
     and a bug answers that request with INTERNAL instead of taking the model down. A request
-    nobody waits for any more is answered CANCELLED without being worked on; one that ``shed``
-    gives a reason to refuse (the server is overloaded) is answered UNAVAILABLE, also unworked."""
+    nobody waits for any more is answered CANCELLED without being worked on."""
     responses = []
     abandonment = Abandonment(requests)
     for index, request in enumerate(requests):
@@ -142,18 +134,7 @@ def answer_each(
                 if metrics is not None:
                     metrics.abandoned(reason)
                 raise Abandoned(reason)
-            if shed is not None and (reason := shed(request)) is not None:
-                if metrics is not None:
-                    metrics.add("shed", 1)
-                responses.append(error_response(f"{step}: overloaded, {reason}", code="UNAVAILABLE"))
-                continue
             responses.append(success_response(handle(request)))
         except Exception as exc:
             responses.append(failure_response(step, exc))
     return responses
-
-
-def queue_timeout_us(model_config: Mapping[str, Any]) -> int:
-    """The default timeout of a step's queue policy, from the ``model_config`` JSON (0: none)."""
-    policy = model_config.get("dynamic_batching", {}).get("default_queue_policy", {})
-    return int(policy.get("default_timeout_microseconds", 0) or 0)

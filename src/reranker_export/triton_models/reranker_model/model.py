@@ -13,9 +13,6 @@ ORT_ENABLE_ALL, default ORT_ENABLE_ALL), ``allow_spinning`` (true | false, defau
 ``pad_token_id`` (default 1, XLM-R's; used only when batched requests differ in length),
 ``sub_batch_rows`` (default 8: rows per onnxruntime run; 0 scores the whole batch in one run).
 
-When the config declares the input ``tokenized_at_ns`` (early shedding, ``reranker_steps.backlog``),
-each execution publishes how long the requests it dequeued had waited, for the tokenizer to read.
-
 Output ``logits`` FP32 is emitted as [rows, 1] (config ``dims: [ 1 ]``), the same shape the
 onnxruntime and TensorRT backends give, so one ensemble config fits every profile.
 """
@@ -25,13 +22,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reranker_steps/ sits beside this file
 
-from reranker_steps.backlog import TOKENIZED_AT, QueueWait, remove_stale_signals, signal_path
 from reranker_steps.errors import Abandoned
 from reranker_steps.onnx_scoring import OUTPUT_NAME, OnnxScorer, check_inputs, session_options
 from reranker_steps.params import StepParameters
@@ -66,23 +60,8 @@ class TritonPythonModel:
             sub_batch_rows=params.integer("sub_batch_rows", 0),
         )
         self.metrics = StepMetrics(STEP)
-        self.queue_wait: QueueWait | None = None
-        if any(i["name"] == TOKENIZED_AT for i in json.loads(args["model_config"]).get("input", [])):
-            path = signal_path(os.path.dirname(args["model_repository"]))
-            try:
-                remove_stale_signals(Path(path).parent)
-                self.queue_wait = QueueWait(path)
-            except OSError as exc:  # early shedding off; Triton's queue policy still sheds
-                print(f"{STEP}: early shedding off, no shared queue-wait file: {exc}", file=sys.stderr)
-
-    def publish_queue_wait(self, requests: list[Any]) -> None:
-        now = time.monotonic_ns()
-        stamps = [input_array(request, TOKENIZED_AT) for request in requests]
-        self.queue_wait.publish(now, [now - int(stamp.flat[0]) for stamp in stamps if stamp is not None and stamp.size])
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        if self.queue_wait is not None:
-            self.publish_queue_wait(requests)
         responses: list[Any] = [None] * len(requests)
         batch = []  # (position, inputs) of the well-formed requests, scored together
         for position, request in enumerate(requests):
@@ -108,5 +87,3 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.scorer = None
-        if self.queue_wait is not None:
-            self.queue_wait.close()
