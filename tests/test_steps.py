@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from reranker_export.testmodels import long_document, relevance_examples
+from reranker_steps.abandonment import Abandonment
 from reranker_steps.errors import Abandoned, BadRequest
 from reranker_steps.onnx_scoring import OnnxScorer, check_inputs, concatenate_padded, session_options, sub_batches
 from reranker_steps.pairs import (
@@ -410,3 +411,43 @@ def test_step_tensor_names_are_the_contract() -> None:
     assert pairs.DOCUMENT_INDEX == config.DOCUMENT_INDEX
     assert pairs.KNOWN_MODEL_INPUTS == (config.INPUT_IDS, config.ATTENTION_MASK, config.TOKEN_TYPE_IDS)
     assert onnx_scoring.OUTPUT_NAME == config.LOGITS
+
+
+class _Request:
+    """What the steps ask of a python-backend request: its timeout and whether it was cancelled."""
+
+    def __init__(self, timeout_us: int = 0) -> None:
+        self.timeout_us, self.cancelled, self.polls = timeout_us, False, 0
+
+    def timeout(self) -> int:
+        return self.timeout_us
+
+    def is_cancelled(self) -> bool:  # a round trip to the server in Triton
+        self.polls += 1
+        return self.cancelled
+
+
+def test_abandonment_asks_triton_sparingly_and_checks_the_timeout_every_time() -> None:
+    now = [100.0]
+    requests = [_Request(), _Request(timeout_us=50_000)]
+    abandonment = Abandonment(requests, clock=lambda: now[0], poll_interval_s=0.025)
+    assert abandonment.reason(0) is None and requests[0].polls == 1  # asked at once
+    for _ in range(10):  # sub-batches in quick succession: not asked again
+        now[0] += 0.001
+        assert abandonment.reason(0) is None
+    assert requests[0].polls == 1
+    requests[0].cancelled = True
+    now[0] += 0.02  # 30 ms since the first poll: asked again, and the cancellation is seen
+    assert abandonment.reason(0) == "cancelled by the caller" and requests[0].polls == 2
+    # The timeout needs no round trip: request 1 is past its 50 ms as soon as the time has passed.
+    assert abandonment.reason(1) is None and requests[1].polls == 1  # 30 ms into the execution
+    now[0] += 0.03
+    assert "past its 0.05 s timeout" in str(abandonment.reason(1)) and requests[1].polls == 1
+
+
+def test_abandonment_without_is_cancelled_on_older_backends() -> None:
+    class Old:
+        def timeout(self) -> int:
+            return 0
+
+    assert Abandonment([Old()]).reason(0) is None

@@ -14,6 +14,8 @@ Modules (each imports only what its own step needs, never Triton):
 - ``onnx_scoring``: onnxruntime session options, batching and length-sorted sub-batches (the
   ``reranker_model`` step of the ``cpu`` profile; needs ``onnxruntime``);
 - ``windows``: the maximum over each document's windows (the ``reranker_scores`` step);
+- ``abandonment``: whether a request is still wanted (cancelled, past its timeout), asking Triton
+  sparingly;
 - ``triton``: the one adapter helper all steps share (per-request answers and error codes); it
   alone imports ``triton_python_backend_utils``.
 """

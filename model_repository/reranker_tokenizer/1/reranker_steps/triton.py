@@ -6,13 +6,13 @@ inside Triton's python backend; the steps' ``model.py`` adapters use it, tests u
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from .abandonment import Abandonment
 from .errors import Abandoned, BadRequest
 
 
@@ -33,36 +33,6 @@ def failure_response(step: str, exc: BaseException) -> Any:
     if isinstance(exc, Abandoned):
         return error_response(f"{step}: not computed, {exc}", code="CANCELLED")
     return error_response(f"{step} failed: {type(exc).__name__}: {exc}")
-
-
-class Abandonment:
-    """Whether the requests of one ``execute`` are still wanted.
-
-    Triton cancels a request whose gRPC caller went away, and the request carries its timeout
-    (the Python client sends its remaining deadline). A request's age is at least the time since
-    ``execute`` began, so a request running longer than its timeout is certainly past its
-    caller's deadline. Triton's queue policy already drops such requests while they wait; this
-    covers the time they spend being computed.
-    """
-
-    def __init__(self, requests: Sequence[Any]) -> None:
-        self.requests = requests
-        self.started = time.monotonic()
-
-    def reason(self, index: int) -> str | None:
-        request = self.requests[index]
-        if _call(request, "is_cancelled", False):
-            return "cancelled by the caller"
-        timeout_us = _call(request, "timeout", 0)
-        if timeout_us and (time.monotonic() - self.started) * 1e6 > timeout_us:
-            return f"past its {timeout_us / 1e6:g} s timeout"
-        return None
-
-
-def _call(request: Any, method: str, default: Any) -> Any:
-    """A request method that older python backends lack (``is_cancelled`` came in 23.10)."""
-    function = getattr(request, method, None)
-    return function() if function is not None else default
 
 
 class StepMetrics:

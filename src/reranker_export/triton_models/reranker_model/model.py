@@ -26,10 +26,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reranker_steps/ sits beside this file
 
+from reranker_steps.abandonment import Abandonment
 from reranker_steps.errors import Abandoned
 from reranker_steps.onnx_scoring import OUTPUT_NAME, OnnxScorer, check_inputs, session_options
 from reranker_steps.params import StepParameters
-from reranker_steps.triton import Abandonment, StepMetrics, failure_response, input_array, success_response
+from reranker_steps.triton import StepMetrics, failure_response, input_array, success_response
 
 STEP = "reranker_model"
 DEFAULTS = {
