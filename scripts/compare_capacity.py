@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,14 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="alternations per level")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of one measurement")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0 or not args.callers or min(args.callers) < 1:
+        parser.error("--rounds, --seconds and every --callers level must be positive")
     say = progress_printer()
+    logs = Path(tempfile.mkdtemp(prefix="compare-capacity-"))
     requests = [(query, tuple(documents)) for query, documents in build_requests(50, 6)]
     machine = machine_info()
     say(f"hardware: {machine['cpu']}, {machine['cores']} cores")
     servers = {}
     try:
         for name, repository in (("baseline", args.baseline), ("changed", args.changed)):
-            servers[name] = TritonServer(repository, log_file=Path(f"/tmp/compare-capacity-{name}.log")).start()
+            servers[name] = TritonServer(repository, log_file=logs / f"{name}.log").start()
             say(f"{name}: {repository} at {servers[name].grpc_url}")
         for callers in args.callers:
             rates: dict[str, list[float]] = {"baseline": [], "changed": []}

@@ -34,7 +34,8 @@ def test_cli_help_and_user_errors() -> None:
         done = _run(*command, "--help", timeout=60)
         assert done.returncode == EXIT_OK and "usage:" in done.stdout, command
         help_text = " ".join(done.stdout.split())  # argparse wraps lines
-        assert "(default: None)" not in help_text and "%%" not in help_text, command
+        assert "(default: None)" not in help_text and "(default: )" not in help_text, command
+        assert "%%" not in help_text, command
         assert not re.search(r"\(default: [^)]*\) \(default:", help_text), command  # one default per option
     for bad in (["--concurrency", "0"], ["--concurrency", "1,x"], ["serving", "--requests", "0"]):
         done = _run(*bad, timeout=60)
@@ -324,7 +325,8 @@ def test_precision_bench_runs_every_graph_side_by_side(tmp_path: Path) -> None:
         concurrency=(2,),
         requests_per_level=2,
     )
-    report = run_precision_bench(settings, progress=lambda _message: None)
+    messages: list[str] = []
+    report = run_precision_bench(settings, progress=messages.append)
     results = {r["variant"]: r for r in report["results"]}
     assert list(results) == ["fp32", "fused", "int8", "openvino-fp32"]
     assert report["request"]["pairs"] == 8 and 40 <= report["request"]["mean_tokens"] <= 64
@@ -333,6 +335,11 @@ def test_precision_bench_runs_every_graph_side_by_side(tmp_path: Path) -> None:
     assert 0 < results["int8"]["max_abs_diff_vs_fp32"] < 0.5
     assert results["int8"]["file_mib"] < 0.5 * results["fp32"]["file_mib"]
     assert all(len(r["step_latency_s"]) == 2 for r in results.values())  # every graph in each round
+    # Interleaved: each round times every graph, and the next round starts one graph later.
+    rounds = [m.split(": ", 1)[1] for m in messages if "round " in m]
+    assert len(rounds) == 4  # two of the model step, two end to end
+    step_first, step_second = (r.split(", ") for r in rounds[:2])
+    assert len(step_first) == len(step_second) == 4 and step_first[0].split()[0] != step_second[0].split()[0]
     for name in ("fp32", "fused", "int8"):  # served through the ensemble
         assert len(results[name]["end_to_end_latency_s"]) == 2 and set(results[name]["throughput_pairs_per_s"]) == {2}
     assert (

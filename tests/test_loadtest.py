@@ -353,8 +353,10 @@ def test_open_loop_arrivals_follow_the_rate_not_the_server(window_server: Any, t
     # arrivals keep the offered rate regardless, with many requests in flight at once.
     # At 40 arrivals/s the offered rate is several times what two closed-loop users get at the
     # latency this server shows (about 0.2-0.3 s), with room for Poisson counts and a busy machine.
-    # That is more than the server carries on a slow machine: its queue then sheds what waited too
-    # long (UNAVAILABLE), which is overload doing its job; any other failure is a defect.
+    # That is more than the server carries on a slow machine: its queues then shed what waited too
+    # long, or the caller's deadline passes first (each step's queue counts the timeout from its
+    # own start), which is overload doing its job; any other failure is a defect. The SLO here
+    # does not judge failures (this test is about arrivals); the assertion below does.
     rate, run_time = 40.0, 4
     settings = LoadtestSettings(
         target=window_server.grpc_url,
@@ -362,7 +364,7 @@ def test_open_loop_arrivals_follow_the_rate_not_the_server(window_server: Any, t
         arrival_rate=rate,
         run_time_s=run_time,
         request_timeout_s=10,
-        slo=SloSettings(p95_ms=60_000, max_failure_ratio=0.5),
+        slo=SloSettings(p95_ms=60_000, max_failure_ratio=1.0),
         workload=WorkloadSettings(candidates=2, languages=("en",)),
         request_pool=8,
         report_dir=tmp_path,
@@ -370,7 +372,8 @@ def test_open_loop_arrivals_follow_the_rate_not_the_server(window_server: Any, t
     result = run_loadtest(settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert result.verdict is not None and result.exit_code == 0, format_verdict(result.verdict)
     summary = result.verdict.summary
-    assert summary.arrival_rate == rate and summary.failures == summary.shed, summary.failures_by_error
+    assert summary.arrival_rate == rate, summary.arrival_rate
+    assert summary.failures == summary.shed + summary.deadline_misses, summary.failures_by_error
     # Poisson counts: a wide band around rate x run time.
     assert 0.5 * rate * run_time <= summary.requests <= 1.5 * rate * run_time, summary.requests
     # What two closed-loop users could have sent at the latency the server showed: far fewer.

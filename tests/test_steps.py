@@ -439,9 +439,10 @@ def test_abandonment_asks_triton_sparingly_and_checks_the_timeout_every_time() -
     requests[0].cancelled = True
     now[0] += 0.02  # 30 ms since the first poll: asked again, and the cancellation is seen
     assert abandonment.reason(0) == "cancelled by the caller" and requests[0].polls == 2
-    # The timeout needs no round trip: request 1 is past its 50 ms as soon as the time has passed.
+    # The timeout needs no round trip: request 1 is past its 50 ms as soon as the time has
+    # passed, while its next poll of Triton is not yet due.
     assert abandonment.reason(1) is None and requests[1].polls == 1  # 30 ms into the execution
-    now[0] += 0.03
+    now[0] += 0.021  # 51 ms: past the timeout, 21 ms since the poll
     assert "past its 0.05 s timeout" in str(abandonment.reason(1)) and requests[1].polls == 1
 
 

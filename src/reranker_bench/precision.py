@@ -215,8 +215,10 @@ def measure_steps(
     """Each variant's step latencies and logits, the variants interleaved in rounds.
 
     Every variant is loaded and warmed up first (first-run allocations and kernel selection are
-    not the steady state); then each round times every variant once, so a change in the
-    machine's load during the run hits all of them instead of whichever ran last.
+    not the steady state); then each round times every variant once, starting one variant later
+    each round, so a change in the machine's load during the run hits all of them instead of
+    whichever ran last. Every graph stays loaded meanwhile: the full-size architecture needs
+    about 5 GiB per onnxruntime graph (weights and their pre-packed copies).
     """
     runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {}
     logits: dict[str, np.ndarray] = {}
@@ -233,13 +235,27 @@ def measure_steps(
         runners[variant] = run
     times: dict[str, list[float]] = {variant: [] for variant in runners}
     for round_number in range(1, settings.repeats + 1):
-        for variant, run in runners.items():
+        order = _rotated(list(runners), round_number)
+        for variant in order:
             started = time.perf_counter()
-            run(feed)
+            try:
+                runners[variant](feed)
+            except Exception as exc:  # as at warm-up: a failing OpenVINO run is reported, not fatal
+                if not variant.startswith("openvino"):
+                    raise BenchmarkError(f"{variant}: {exc}") from exc
+                progress(f"{variant} failed: {exc}")
+                del runners[variant], times[variant], logits[variant]
+                continue
             times[variant].append(time.perf_counter() - started)
-        timings = ", ".join(f"{variant} {seconds[-1]:.3f} s" for variant, seconds in times.items())
-        progress(f"  round {round_number}/{settings.repeats}: {timings}")
+        timings = ", ".join(f"{variant} {times[variant][-1]:.3f} s" for variant in order if variant in times)
+        progress(f"  round {round_number}/{settings.repeats}: {timings}")  # in the order they ran
     return times, logits
+
+
+def _rotated(variants: list[str], round_number: int) -> list[str]:
+    """The variants in the order of one round: each round starts one variant later."""
+    shift = (round_number - 1) % len(variants) if variants else 0
+    return variants[shift:] + variants[:shift]
 
 
 # -- end to end through Triton ----------------------------------------------------------------------
@@ -296,8 +312,10 @@ def measure_end_to_end(
 ) -> None:
     """End to end through Triton, one server per graph, all up at once and called in alternation.
 
-    As with the step, each round calls every graph once, and each concurrency level runs every
-    graph back to back, so load drifting during the run does not favour one of them.
+    As with the step, each round calls every graph once, starting one graph later each round;
+    each concurrency level runs every graph back to back, in the order of its round (a single
+    pass: throughput figures are less protected from drift than the latency rounds). Three
+    full-size servers need about 15 GiB of memory.
     """
     query, documents = request
     servers: dict[str, Any] = {}
@@ -308,13 +326,14 @@ def measure_end_to_end(
             servers[result.variant] = _serve(model_dir, graphs[result.variant], repository, settings)
             _call(servers[result.variant].grpc_url, query, documents)  # warm-up
         for round_number in range(1, settings.repeats + 1):
-            for result in results:
+            ordered = _rotated_results(results, round_number)
+            for result in ordered:
                 result.end_to_end_latency_s.append(_call(servers[result.variant].grpc_url, query, documents))
-            timings = ", ".join(f"{r.variant} {r.end_to_end_latency_s[-1]:.3f} s" for r in results)
+            timings = ", ".join(f"{r.variant} {r.end_to_end_latency_s[-1]:.3f} s" for r in ordered)
             progress(f"  round {round_number}/{settings.repeats}: {timings}")
-        for level in settings.concurrency:
+        for level_number, level in enumerate(settings.concurrency, start=1):
             requests = max(level, settings.requests_per_level)
-            for result in results:
+            for result in _rotated_results(results, level_number):
                 url = servers[result.variant].grpc_url
                 started = time.perf_counter()
                 with ThreadPoolExecutor(level) as pool:  # ``level`` requests in flight until all are answered
@@ -323,8 +342,16 @@ def measure_end_to_end(
                 result.throughput_pairs_per_s[level] = pairs_per_s
                 progress(f"  c={level}: {result.variant} {pairs_per_s:.1f} pairs/s")
     finally:
-        for server in servers.values():
-            server.stop()
+        for variant, server in servers.items():
+            try:
+                server.stop()
+            except Exception as exc:  # the other servers must still be stopped
+                progress(f"stopping the {variant} server failed: {exc}")
+
+
+def _rotated_results(results: list[VariantResult], round_number: int) -> list[VariantResult]:
+    by_variant = {r.variant: r for r in results}
+    return [by_variant[v] for v in _rotated(list(by_variant), round_number)]
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -416,7 +443,8 @@ def add_arguments(parser: Any) -> None:
         "--architecture",
         choices=ARCHITECTURES,
         default="small",
-        help="small: 6 x 384 XLM-R; full: bge-reranker-v2-m3's 24 x 1024 (minutes, ~10 GiB)",
+        help="small: 6 x 384 XLM-R; full: bge-reranker-v2-m3's 24 x 1024 (minutes; ~10 GiB to build, "
+        "~5 GiB per graph to measure, all graphs loaded at once)",
     )
     parser.add_argument(
         "--work",

@@ -36,12 +36,14 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` to an option's help, except where X is ``None`` or ``False`` (no
-    default worth printing) or where the help already names its default in words."""
+    """Appends ``(default: X)`` to an option's help, except where there is no default worth
+    printing (``None``, ``False``, an empty string or list) or where the help already gives it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:  # 0 == False: not `in`
+        default = action.default
+        empty = default is None or default is False or (isinstance(default, str | tuple | list) and not default)
+        if empty or "default" in text.lower():  # (0 is a default worth printing, though 0 == False)
             return text
         return super()._get_help_string(action)
 
