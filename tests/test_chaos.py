@@ -199,7 +199,7 @@ def test_a_zombie_and_a_killed_server_are_healed_and_clients_see_no_failure(
 
     # The supervisors saw each fault for what it was, healed it once and within the bound.
     assert not zombie.crashed and not killed.crashed
-    assert zombie_heal.reason is RestartReason.CANARY, zombie.log
+    assert zombie_heal.reason is RestartReason.STUB_EXITED, zombie.log  # seen at once, before any canary
     assert exit_heal.reason is RestartReason.EXITED, killed.log
     for heal, fault in ((zombie_heal, stub_kill), (exit_heal, server_kill)):
         assert heal.error is None and heal.serving_at is not None, heal
@@ -210,7 +210,7 @@ def test_a_zombie_and_a_killed_server_are_healed_and_clients_see_no_failure(
         f"{zombie_heal.recovered_after_s:.1f} s later; killed server: detected "
         f"{exit_heal.detected_at - server_kill:.1f} s after the kill, serving {exit_heal.recovered_after_s:.1f} s later"
     )
-    assert [r.reason for r in zombie.supervisor.restarts] == [RestartReason.CANARY]
+    assert [r.reason for r in zombie.supervisor.restarts] == [RestartReason.STUB_EXITED]
     assert [r.reason for r in killed.supervisor.restarts] == [RestartReason.EXITED]
     assert any("restarting tritonserver" in line for line in zombie.log), zombie.log
     # The faults did reach the client (it retried), and none got through to the caller.
@@ -219,3 +219,28 @@ def test_a_zombie_and_a_killed_server_are_healed_and_clients_see_no_failure(
     assert not load.failures, f"{len(load.failures)} of {len(load.failures) + len(load.answers)} failed: {kinds[:3]}"
     for index, scores in load.answers:
         np.testing.assert_allclose(scores, expected[index], rtol=1e-4, atol=1e-4, err_msg=f"request {index}")
+
+
+@pytest.mark.timeout(300)
+def test_without_watching_stubs_the_canaries_find_the_zombie(cpu_repository: Path, tmp_path: Path) -> None:
+    """The canary is the fallback that needs no /proc (and finds a server that hangs with its stubs
+    alive): with stub watching off, a zombie is still found and healed, by failed canaries."""
+    server = TritonServer(cpu_repository, log_file=tmp_path / "triton.log").start()
+    log: list[str] = []
+    policy = HealingPolicy(watch_stubs=False, canary_interval_s=1.0, failure_interval_s=0.5, canary_timeout_s=1.0)
+    replica = Replica(server, Supervisor(server, policy, log=log.append), threading.Thread(target=lambda: None), log)
+    replica.thread = threading.Thread(target=_supervise, args=(replica,), name="supervisor")
+    replica.thread.start()
+    try:
+        kill = time.monotonic()
+        assert kill_stubs(server.pid, TOKENIZER_MODEL_NAME, CORE_MODEL_NAME) >= 2
+        heal = _healed(replica, kill)
+        assert heal.reason is RestartReason.CANARY and heal.serving_at is not None, log
+        assert sum("canary failed" in line for line in log) >= policy.canary_failures, log
+        with RerankerClient(server.grpc_url) as client:
+            assert client.canary().healthy
+    finally:
+        replica.supervisor.stop()
+        replica.thread.join(timeout=60)
+        server.stop(grace_s=1.0)
+    assert not replica.crashed, replica.crashed

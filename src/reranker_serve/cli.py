@@ -61,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the tritonserver bundled in the nvidia-pytriton wheel on a model repository "
             "(python-backend models, e.g. the cpu profile), print its URLs once every model is "
             "ready, and serve until Ctrl-C or SIGTERM. While it serves, a canary rerank every few seconds "
-            "checks that requests get answers; the server is restarted on the same ports when the canary "
-            "fails several times in a row (a dead python stub leaves it live and ready but failing every "
-            "request) or when it exits. Flags always passed: " + " ".join(SERVER_FLAGS)
+            "checks that requests get answers; the server is restarted on the same ports when one of its "
+            "python stubs is gone (a dead stub leaves it live and ready but failing every request), when "
+            "the canary fails several times in a row, or when it exits. Flags always passed: " + " ".join(SERVER_FLAGS)
         ),
         epilog=f"Arguments after `--` go to tritonserver unchanged, e.g. `{PROG} --model-repository R -- "
         "--log-verbose=1`.",

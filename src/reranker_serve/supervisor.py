@@ -4,8 +4,12 @@ Triton does not restart a python backend stub that died (an OOM kill, say): the 
 and ready while every request fails. Only a request through the whole ensemble shows it, so the
 supervisor sends the canary rerank (``RerankerClient.canary``) every ``canary_interval_s`` and
 restarts the server after ``canary_failures`` failures in a row, on the same ports. It restarts a
-server whose process exited as well. Restarts are bounded (``max_restarts`` within
-``restart_window_s``); past that, ``run`` raises ``HealingError`` instead of looping forever.
+server whose process exited as well, and, without waiting for canaries, one whose python stub
+processes are not all alive any more (``watch_stubs``): requests queued behind a dead stub wait
+until their timeout, and at high load so many of them are then shed at once that the clients'
+retry budgets run out, which the canaries' 5-11 s of detection was too slow to prevent.
+Restarts are bounded (``max_restarts`` within ``restart_window_s``); past that, ``run`` raises
+``HealingError`` instead of looping forever.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
 from reranker_client import RerankerClient, RetryPolicy
 
@@ -53,6 +58,10 @@ class HealingPolicy:
     restart_grace_s: float = 1.0
     """SIGTERM grace before SIGKILL on a restart: a server with a dead stub would otherwise wait
     its whole exit timeout for requests that cannot finish."""
+    watch_stubs: bool = True
+    """Restart as soon as a python backend stub of the server is gone (checked every 0.25 s, from
+    ``/proc``), not only after the canaries fail. Triton never restarts a stub, so a gone stub
+    always means a zombie."""
 
     def __post_init__(self) -> None:
         for name in ("canary_interval_s", "failure_interval_s", "canary_timeout_s", "restart_window_s"):
@@ -73,6 +82,8 @@ class RestartReason(str, Enum):
     """``canary_failures`` canaries failed in a row: the server runs but does not serve."""
     EXITED = "exited"
     """The server process exited."""
+    STUB_EXITED = "stub_exited"
+    """A python backend stub of the server is gone (killed, out of memory): the server is a zombie."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +144,7 @@ class Supervisor:
         self._failures = 0
         self._first_failure_at = 0.0
         self._last_healthy_at = time.monotonic()
+        self._stubs: dict[int, str] = {}
 
     @property
     def restarts(self) -> list[Restart]:
@@ -150,6 +162,7 @@ class Supervisor:
             raise ServeError("start the server before supervising it")
         recent: deque[float] = deque()  # restart times within the window
         self._last_healthy_at = time.monotonic()
+        self._watch_stubs()
         next_canary = self._last_healthy_at + self.policy.canary_interval_s
         try:
             while not self._stopping.is_set():
@@ -160,6 +173,9 @@ class Supervisor:
                     last_error = self.server.last_error()
                     detail = f"tritonserver exited with code {returncode}" + (f": {last_error}" if last_error else "")
                     self._restart(RestartReason.EXITED, detail, time.monotonic(), recent)
+                elif gone := [name for pid, name in self._stubs.items() if not _alive(pid)]:
+                    detail = f"python backend stub(s) gone: {', '.join(sorted(gone))}"
+                    self._restart(RestartReason.STUB_EXITED, detail, time.monotonic(), recent)
                 elif time.monotonic() >= next_canary:
                     failure = self._probe()
                     if failure is None or self._failures < self.policy.canary_failures:
@@ -175,6 +191,11 @@ class Supervisor:
             self._close_client()
 
     # -- probing ---------------------------------------------------------------------------------
+
+    def _watch_stubs(self) -> None:
+        """Remember the server's python stubs (called when it serves), if stubs are watched."""
+        pid = self.server.pid
+        self._stubs = python_stubs(pid) if self.policy.watch_stubs and pid is not None else {}
 
     def _canary_client(self) -> RerankerClient:
         if self._client is None:
@@ -213,9 +234,11 @@ class Supervisor:
         detected_at = time.monotonic()
         while recent and recent[0] < detected_at - policy.restart_window_s:
             recent.popleft()
-        what = (
-            f"{policy.canary_failures} canaries failed in a row" if reason is RestartReason.CANARY else "server exited"
-        )
+        what = {
+            RestartReason.CANARY: f"{policy.canary_failures} canaries failed in a row",
+            RestartReason.EXITED: "server exited",
+            RestartReason.STUB_EXITED: "a python stub is gone",
+        }[reason]
         self._log(
             f"not serving ({what}): detected {detected_at - self._last_healthy_at:.1f} s after the last "
             f"healthy canary, {detected_at - first_failure_at:.1f} s after the first failure; {detail}"
@@ -241,6 +264,7 @@ class Supervisor:
             result = self._canary_client().canary()
             if result.healthy:
                 serving_at = time.monotonic()
+                self._watch_stubs()
             else:
                 error = f"the first canary after the restart failed: {result.error}"
         except ServeError as exc:
@@ -263,6 +287,7 @@ class Supervisor:
                 f"({serving_at - record.last_healthy_at:.1f} s after the last healthy canary; pid {self.server.pid})"
             )
             return
+        self._stubs = {}
         self._log(f"restart failed: {error}")
         if self.server.is_running():
             self._failures = 1  # up but not serving: counts towards the next restart
@@ -271,3 +296,44 @@ class Supervisor:
             # The loop sees the dead process and tries again (while restarts are left); pause
             # first so that a cause that takes a moment to clear (a port in use) can clear.
             self._stopping.wait(policy.canary_interval_s)
+
+
+STUB_COMMAND = "triton_python_backend_stub"
+
+
+def python_stubs(server_pid: int) -> dict[int, str]:
+    """The live python backend stubs under ``server_pid`` (any depth), by pid, each with the model
+    instance it serves (the stub's second argument, e.g. ``.../reranker_model/1/model.py``)."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, list[str]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            if fields[0] in ("Z", "X"):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone while reading
+    stubs: dict[int, str] = {}
+    pending = list(children.get(server_pid, []))
+    while pending:
+        pid = pending.pop()
+        pending.extend(children.get(pid, []))
+        command = commands.get(pid, [])
+        if command and STUB_COMMAND in command[0]:
+            stubs[pid] = next((part for part in command[1:] if part.endswith(".py")), command[0])
+    return stubs
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie that its parent has yet to reap."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False

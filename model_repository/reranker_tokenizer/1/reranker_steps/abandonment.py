@@ -10,7 +10,8 @@ Asking whether a request was cancelled is a round trip from the python stub to t
 process. Asked before every onnxruntime sub-batch of every request, it took 8.8% of the cpu model
 step's time at saturation (py-spy of the stub, 16 closed-loop callers, docs/benchmarks.md), so it
 is asked at most every ``CANCEL_POLL_INTERVAL_S`` per request; the timeout, known in the stub, is
-checked every time.
+checked every time, and first: a request both cancelled and past its timeout counts as past its
+deadline (``reason="deadline"`` in ``reranker_requests_abandoned_total``).
 """
 
 from __future__ import annotations
