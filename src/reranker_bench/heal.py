@@ -27,11 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from reranker_client import LoadBalancing, RerankerClient, RetryPolicy
 from reranker_client.config import CORE_MODEL_NAME, TOKENIZER_MODEL_NAME
 from reranker_common import Progress
+from reranker_serve.supervisor import python_stubs, stub_alive
 
 from .errors import BenchmarkError
 from .machine import machine_info
@@ -97,30 +96,16 @@ class Trial:
 
 def kill_stubs(server_pid: int, *models: str, timeout_s: float = 30.0) -> int:
     """SIGKILL the python backend stubs serving any of ``models`` under ``server_pid``; how many died."""
-    stubs = []
-    for process in psutil.Process(server_pid).children(recursive=True):
-        try:
-            command = process.cmdline()
-        except (psutil.ZombieProcess, psutil.NoSuchProcess):
-            continue  # already dead (a stub killed before, not yet reaped)
-        if "triton_python_backend_stub" in " ".join(command) and any(m in a for m in models for a in command):
-            stubs.append(process)
-    for stub in stubs:
-        os.kill(stub.pid, signal.SIGKILL)
+    stubs = [pid for pid, script in python_stubs(server_pid).items() if any(f"/{model}/" in script for model in models)]
+    for pid in stubs:
+        os.kill(pid, signal.SIGKILL)
     # Dead at once; until Triton reaps them they are zombies (not our children to wait for).
     deadline, pause = time.monotonic() + timeout_s, threading.Event()
-    while not all(_dead(stub) for stub in stubs):
+    while any(stub_alive(pid) for pid in stubs):
         if time.monotonic() > deadline:
             raise BenchmarkError(f"the killed stubs of {', '.join(models)} are still running after {timeout_s:g} s")
         pause.wait(0.05)
     return len(stubs)
-
-
-def _dead(process: psutil.Process) -> bool:
-    try:
-        return bool(process.status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
 
 
 class _Serve:

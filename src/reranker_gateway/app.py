@@ -149,6 +149,16 @@ def _cohere_results(
     return [{"index": hit.index, "relevance_score": hit.score} for hit in hits]
 
 
+async def _cohere_answer(
+    gateway: Gateway, body: schemas.RerankRequest | schemas.RerankRequestV2, version: str
+) -> JSONResponse:
+    """The rerank and the response both Cohere versions share, once their own fields are checked."""
+    texts = [_text(document) for document in body.documents]
+    hits = await gateway.rerank(body.query, texts, top_n=body.top_n, raw=body.raw_scores)
+    results = _cohere_results(hits, body.documents, body.return_documents)
+    return JSONResponse(_envelope(gateway, results, len(texts), version))
+
+
 def _error_json(path: str, status: int, message: str, headers: dict[str, str] | None, **extra: Any) -> JSONResponse:
     if path == TEI:
         error_type = "Validation" if status in (400, 413, 422) else _TEI_ERROR_TYPES.get(status, "Backend")
@@ -287,10 +297,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             raise GatewayError(422, 'rank_fields: only ["text"] is supported', "validation")
         if body.max_chunks_per_doc is not None:
             (await gateway.server_limits()).check_max_chunks_per_doc(body.max_chunks_per_doc)
-        texts = [_text(document) for document in body.documents]
-        hits = await gateway.rerank(body.query, texts, top_n=body.top_n, raw=body.raw_scores)
-        results = _cohere_results(hits, body.documents, body.return_documents)
-        return JSONResponse(_envelope(gateway, results, len(texts), "1"))
+        return await _cohere_answer(gateway, body, "1")
 
     @app.post(
         V2,
@@ -306,10 +313,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         gateway.check_count(V2, len(body.documents))
         if body.max_tokens_per_doc is not None:
             (await gateway.server_limits()).check_max_tokens_per_doc(body.max_tokens_per_doc)
-        texts = [_text(document) for document in body.documents]
-        hits = await gateway.rerank(body.query, texts, top_n=body.top_n, raw=body.raw_scores)
-        results = _cohere_results(hits, body.documents, body.return_documents)
-        return JSONResponse(_envelope(gateway, results, len(texts), "2"))
+        return await _cohere_answer(gateway, body, "2")
 
     @app.post(
         TEI,

@@ -173,7 +173,7 @@ class Supervisor:
                     last_error = self.server.last_error()
                     detail = f"tritonserver exited with code {returncode}" + (f": {last_error}" if last_error else "")
                     self._restart(RestartReason.EXITED, detail, time.monotonic(), recent)
-                elif gone := [name for pid, name in self._stubs.items() if not _alive(pid)]:
+                elif gone := [name for pid, name in self._stubs.items() if not stub_alive(pid)]:
                     detail = f"python backend stub(s) gone: {', '.join(sorted(gone))}"
                     self._restart(RestartReason.STUB_EXITED, detail, time.monotonic(), recent)
                 elif time.monotonic() >= next_canary:
@@ -331,7 +331,7 @@ def python_stubs(server_pid: int) -> dict[int, str]:
     return stubs
 
 
-def _alive(pid: int) -> bool:
+def stub_alive(pid: int) -> bool:
     """Running, and not a zombie that its parent has yet to reap."""
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
