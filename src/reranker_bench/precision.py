@@ -315,7 +315,8 @@ def measure_end_to_end(
     As with the step, each round calls every graph once, starting one graph later each round;
     each concurrency level runs every graph back to back, in the order of its round (a single
     pass: throughput figures are less protected from drift than the latency rounds). Three
-    full-size servers need about 15 GiB of memory.
+    full-size servers hold every graph at once (their memory was not measured; the step alone,
+    three graphs in one process, reached 15 GiB).
     """
     query, documents = request
     servers: dict[str, Any] = {}
