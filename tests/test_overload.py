@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from reranker_client import (
+    AdaptiveThrottle,
     AsyncRerankerClient,
     DeadlineExceededError,
     InvalidInputError,
@@ -34,7 +35,7 @@ from reranker_client import (
     RetryPolicy,
     ServerUnavailableError,
 )
-from reranker_client._core import RetryBudgetState
+from reranker_client._core import Deadline, RetryBudgetState, RetryState, ThrottleState
 from reranker_client.config import CORE_MODEL_NAME, TOKENIZER_MODEL_NAME
 from reranker_client.errors import is_shed, is_stub_failure, translate
 from reranker_export.settings import QueueSettings
@@ -143,6 +144,81 @@ def test_only_sheds_spend_the_retry_budget() -> None:
     assert state.on_error(stub)[1] is None
 
 
+def test_the_throttle_refuses_nothing_while_the_server_accepts_enough() -> None:
+    throttle = AdaptiveThrottle(multiplier=2.0)
+    assert throttle.refusal_probability(requests=0, accepts=0) == 0
+    assert throttle.refusal_probability(requests=100, accepts=50) == 0  # half accepted: still sent
+    # A quarter accepted: about half of the attempts are refused here, so the server sees about
+    # twice what it accepts.
+    assert throttle.refusal_probability(requests=100, accepts=25) == pytest.approx(50 / 101)
+    assert throttle.refusal_probability(requests=100, accepts=0) == pytest.approx(100 / 101)
+    for bad in ({"multiplier": 0.5}, {"window_s": 0}):
+        with pytest.raises(ValueError):
+            AdaptiveThrottle(**bad)  # type: ignore[arg-type]
+
+
+def test_only_sheds_and_deadline_misses_count_against_the_server() -> None:
+    """Sheds and deadline misses make the client refuse attempts itself; a refused connection or
+    a dead stub does not (a restarting server is not an overloaded one), and an answer, even a
+    rejection of the input, counts as accepted."""
+    import random
+
+    policy = RetryPolicy(max_attempts=1, budget=None, throttle=AdaptiveThrottle(window_s=600))
+    shed = InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
+    late = InferenceServerException("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED")
+    down = InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+    stub = InferenceServerException("Stub process 'reranker_model_0_0' is not healthy.", "StatusCode.INTERNAL")
+    invalid = InferenceServerException("too many documents", "StatusCode.INVALID_ARGUMENT")
+
+    def refused_after(errors: list[InferenceServerException], *, answers: int = 0) -> int:
+        state = ThrottleState(policy.throttle, random.Random(0))  # type: ignore[arg-type]
+        assert state.admit() is None  # one long call stays in flight throughout
+        for outcome in [None] * answers + errors:
+            attempt = RetryState(policy, Deadline(30), "infer", random.Random(0), throttle=state)
+            try:
+                attempt.attempt_timeout()
+            except OverloadedError:
+                continue  # refused here: counts as an attempt, and nothing was sent
+            if outcome is None:
+                attempt.on_success()
+            else:
+                attempt.on_error(outcome)
+        refused = 0
+        for _ in range(100):
+            try:
+                RetryState(policy, Deadline(30), "infer", random.Random(0), throttle=state).attempt_timeout()
+            except OverloadedError as exc:
+                assert "refused this one without sending it" in str(exc) and "RetryPolicy.throttle" in str(exc)
+                refused += 1
+        return refused
+
+    assert refused_after([down, stub] * 50) == 0
+    assert refused_after([invalid] * 100) == 0
+    assert refused_after([shed] * 50, answers=100) == 0  # two in three accepted
+    assert refused_after([shed, late] * 50) > 90  # nothing accepted: almost every attempt refused
+    assert 10 < refused_after([shed] * 75, answers=25) < 90  # a quarter accepted: about half refused
+
+
+def test_the_throttle_forgets_after_its_window_and_spares_an_idle_client() -> None:
+    import random
+    import time
+
+    throttle = AdaptiveThrottle(window_s=0.2)
+    state = ThrottleState(throttle, random.Random(0))
+    for _ in range(100):
+        assert state.admit() is None  # nothing else in flight: sent, whatever the window holds
+        state.finish(accepted=False)
+    assert state.admit() is None  # one call in flight from here on
+    assert sum(state.admit() is not None for _ in range(20)) > 15
+    time.sleep(0.3)
+    admitted = [state.admit() for _ in range(20)]
+    assert admitted == [None] * 20
+    for _ in admitted:
+        state.finish(accepted=None)  # cancelled: not counted either way
+    assert sum(state.admit() is not None for _ in range(20)) == 0
+
+
+# -- against the overloaded server ------------------------------------------------------------------
 # -- against the overloaded server ------------------------------------------------------------------
 
 
@@ -231,6 +307,50 @@ def test_the_callers_deadline_travels_and_expired_work_is_not_computed(overload_
     assert answered * len(DOCUMENTS) <= rows < len(results) * len(DOCUMENTS)
 
 
+def test_a_throttled_client_refuses_at_once_what_the_server_would_shed(overload_server: Any) -> None:
+    """Once the server has shed most of a client's burst, the client refuses part of the next
+    burst itself, without sending it; the rest is answered right, and a request sent after the
+    load (nothing else in flight) goes out and is answered."""
+    expected = _solo(overload_server)
+    policy = RetryPolicy(max_attempts=1, budget=None, throttle=AdaptiveThrottle(window_s=600))
+
+    async def run() -> tuple[list[list[Any]], int, Any]:
+        async with AsyncRerankerClient(overload_server.grpc_url, timeout=120, retries=policy) as client:
+            sent = 0
+            infer = client._triton.infer
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                nonlocal sent
+                sent += 1
+                return await infer(*args, **kwargs)
+
+            client._triton.infer = counted  # type: ignore[method-assign]  # a count of what reached the wire
+            bursts = []
+            for _ in range(2):
+                calls = (client.score(QUERY, DOCUMENTS) for _ in range(4 * QUEUE_SIZE))
+                bursts.append(list(await asyncio.gather(*calls, return_exceptions=True)))
+            last = await client.score(QUERY, DOCUMENTS)
+            return bursts, sent, last
+
+    (first, second), sent, after = asyncio.run(run())
+
+    def local(result: Any) -> bool:
+        return isinstance(result, OverloadedError) and "without sending it" in str(result)
+
+    server_shed = [r for r in first if isinstance(r, OverloadedError) and not local(r)]
+    assert server_shed, "the first burst should be shed in part by the server"
+    assert sum(local(r) for r in second) > 0
+    refused = sum(local(r) for r in first + second)
+    assert sent == len(first) + len(second) - refused + 1  # the refused ones never reached the server
+    for result in first + second:
+        assert isinstance(result, (np.ndarray, OverloadedError)), result
+        if isinstance(result, np.ndarray):
+            np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after, expected, rtol=1e-5, atol=1e-5)
+    with RerankerClient(overload_server.grpc_url, timeout=60) as client:
+        assert client.canary().healthy
+
+
 def test_the_retry_budget_caps_attempts(overload_server: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A client whose requests are shed retries, but adds at most its budget in attempts."""
     caplog.set_level(logging.INFO, logger="reranker_client")
@@ -248,9 +368,9 @@ def test_the_retry_budget_caps_attempts(overload_server: Any, caplog: pytest.Log
         # (Triton's own request counts cannot tell: it counts a request its queue refused twice.)
         return sum("retrying in" in record.getMessage() for record in caplog.records)
 
-    capped = retries(RetryPolicy(budget=budget))
+    capped = retries(RetryPolicy(budget=budget, throttle=None))
     assert 1 <= capped <= math.ceil(max(budget.min_retries, budget.ratio * requests))
-    assert retries(RetryPolicy(budget=None)) > capped  # without a budget the same burst retries more
+    assert retries(RetryPolicy(budget=None, throttle=None)) > capped  # without a budget the same burst retries more
 
 
 def test_invalid_input_is_never_retried(overload_server: Any, caplog: pytest.LogCaptureFixture) -> None:

@@ -408,6 +408,12 @@ def _add_overload(commands: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the arrival times")
     parser.add_argument(
+        "--client-throttle",
+        action=argparse.BooleanOptionalAction,
+        default=d.client_throttle,
+        help="the client's adaptive throttling (RetryPolicy.throttle); --no-client-throttle sends every attempt",
+    )
+    parser.add_argument(
         "--model", type=Path, default=None, help="cross-encoder directory; None: build the tiny XLM-R test model"
     )
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the model, repository and server log here")
@@ -435,6 +441,7 @@ def _overload_settings(args: argparse.Namespace) -> Any:
         probe_timeout_s=args.probe_timeout_s,
         drain_timeout_s=args.drain_timeout_s,
         seed=args.seed,
+        client_throttle=args.client_throttle,
         model_dir=args.model,
         work_dir=args.work_dir,
         triton_url=args.triton_url,

@@ -39,6 +39,7 @@ from reranker_client import (
     AsyncRerankerClient,
     DeadlineExceededError,
     RerankerError,
+    RetryPolicy,
     ServerError,
     ServerUnavailableError,
 )
@@ -128,6 +129,9 @@ class OverloadSettings:
     drain_timeout_s: float = 180.0
     """How long to wait after a level for Triton to finish its backlog before the next one."""
     seed: int = 0
+    client_throttle: bool = True
+    """The client's adaptive throttling (``RetryPolicy.throttle``, on by default); ``False`` sends
+    every attempt, to measure what the throttle changes."""
     model_dir: Path | None = None
     """An existing cross-encoder directory; ``None`` builds the tiny XLM-R test model."""
     work_dir: Path | None = None
@@ -570,7 +574,8 @@ async def _measure(
 ) -> tuple[Capacity, list[LevelResult], list[LevelResult]]:
     server = ServerProbe(grpc_url, metrics_url)
     try:
-        async with AsyncRerankerClient(grpc_url) as client:
+        retries = RetryPolicy() if settings.client_throttle else RetryPolicy(throttle=None)
+        async with AsyncRerankerClient(grpc_url, retries=retries) as client:
             await client.wait_until_ready(timeout=60)
             bench = _Bench(settings, client, server, progress)
             capacity = await bench.capacity()
@@ -635,6 +640,7 @@ def run_overload_benchmark(settings: OverloadSettings, *, command: str, progress
             "probe_timeout_s": settings.probe_timeout_s,
             "drain_timeout_s": settings.drain_timeout_s,
             "seed": settings.seed,
+            "client_throttle": settings.client_throttle,
             "server": described,
         },
         machine=machine_info(),

@@ -11,7 +11,7 @@ The exception tree is documented in :mod:`reranker_client.errors`.
 
 from ._core import CanaryResult
 from .async_client import AsyncRerankerClient
-from .config import Compression, LoadBalancing, RetryBudget, RetryPolicy, TLSConfig
+from .config import AdaptiveThrottle, Compression, LoadBalancing, RetryBudget, RetryPolicy, TLSConfig
 from .errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -25,6 +25,7 @@ from .ranking import RerankResult, sigmoid, top_n_indices
 from .sync_client import RerankerClient
 
 __all__ = [
+    "AdaptiveThrottle",
     "AsyncRerankerClient",
     "CanaryResult",
     "Compression",

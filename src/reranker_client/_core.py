@@ -25,6 +25,7 @@ from .config import (
     QUERY,
     SCORES,
     TOKENIZER_MODEL_NAME,
+    AdaptiveThrottle,
     ChannelArgs,
     Compression,
     LoadBalancing,
@@ -37,6 +38,7 @@ from .errors import (
     DeadlineExceededError,
     InvalidInputError,
     ModelNotReadyError,
+    OverloadedError,
     RerankerError,
     ServerError,
     ServerUnavailableError,
@@ -99,36 +101,87 @@ class Deadline:
         return time.monotonic() - self.start
 
 
+class EventWindow:
+    """Times of events over the last ``seconds`` seconds (the caller holds the lock)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._times: deque[float] = deque()
+
+    def count(self, now: float) -> int:
+        horizon = now - self.seconds
+        while self._times and self._times[0] < horizon:
+            self._times.popleft()
+        return len(self._times)
+
+    def add(self, now: float) -> None:
+        self._times.append(now)
+
+
 class RetryBudgetState:
     """One client's requests and retries over the budget's sliding window (thread-safe)."""
 
     def __init__(self, budget: RetryBudget) -> None:
         self.budget = budget
-        self._requests: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        self._requests = EventWindow(budget.window_s)
+        self._retries = EventWindow(budget.window_s)
         self._lock = threading.Lock()
-
-    def _trim(self, now: float) -> None:
-        horizon = now - self.budget.window_s
-        for events in (self._requests, self._retries):
-            while events and events[0] < horizon:
-                events.popleft()
 
     def record_request(self) -> None:
         with self._lock:
-            now = time.monotonic()
-            self._trim(now)
-            self._requests.append(now)
+            self._requests.add(time.monotonic())
 
     def try_retry(self) -> bool:
         """Take one retry from the budget; ``False`` when the window has none left."""
         with self._lock:
             now = time.monotonic()
-            self._trim(now)
-            if not self.budget.allows(len(self._requests), len(self._retries)):
+            if not self.budget.allows(self._requests.count(now), self._retries.count(now)):
                 return False
-            self._retries.append(now)
+            self._retries.add(now)
             return True
+
+
+class ThrottleState:
+    """One client's attempts in flight, and its attempts and the server's accepts over the
+    throttle's window (thread-safe)."""
+
+    def __init__(self, throttle: AdaptiveThrottle, rng: random.Random) -> None:
+        self.throttle = throttle
+        self.rng = rng
+        self._requests = EventWindow(throttle.window_s)
+        self._accepts = EventWindow(throttle.window_s)
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> str | None:
+        """``None`` to send the next attempt (it is then in flight until ``finish``), or why it is
+        refused here (it then counts as an attempt, never sent)."""
+        with self._lock:
+            now = time.monotonic()
+            requests, accepts = self._requests.count(now), self._accepts.count(now)
+            # A client with nothing in flight cannot be adding to a backlog: its first request
+            # after a burst goes out, whatever the burst left in the window.
+            if self._in_flight == 0 or self.rng.random() >= self.throttle.refusal_probability(requests, accepts):
+                self._in_flight += 1
+                return None
+            self._requests.add(now)
+        return (
+            f"the server accepted {accepts} of this client's last {requests} attempts "
+            f"({self.throttle.window_s:g} s), so the client refused this one without sending it "
+            "(RetryPolicy.throttle)"
+        )
+
+    def finish(self, *, accepted: bool | None) -> None:
+        """An admitted attempt ended: ``accepted`` by the server, refused for overload (``False``),
+        or neither (no server, a dead stub, cancelled by the caller: ``None``, not counted)."""
+        with self._lock:
+            self._in_flight -= 1
+            if accepted is None:
+                return
+            now = time.monotonic()
+            self._requests.add(now)
+            if accepted:
+                self._accepts.add(now)
 
 
 class RetryState:
@@ -141,12 +194,14 @@ class RetryState:
         what: str,
         rng: random.Random,
         budget: RetryBudgetState | None = None,
+        throttle: ThrottleState | None = None,
     ) -> None:
         self.policy = policy
         self.deadline = deadline
         self.what = what
         self.rng = rng
         self.budget = budget
+        self.throttle = throttle
         self.attempts = 0
 
     def attempt_timeout(self) -> float:
@@ -157,10 +212,23 @@ class RetryState:
                 f"{self.what}: deadline of {self.deadline.timeout_s:g} s passed before the request was sent",
                 code=grpc.StatusCode.DEADLINE_EXCEEDED,
             )
+        refused = self.throttle.admit() if self.throttle is not None else None
+        if refused is not None:
+            after = f" (after {self.attempts} attempt(s))" if self.attempts else ""
+            raise OverloadedError(f"{self.what}: {refused}{after}", code=None)  # found on the client side
         if self.attempts == 0 and self.budget is not None:
             self.budget.record_request()
         self.attempts += 1
         return remaining
+
+    def on_success(self) -> None:
+        if self.throttle is not None:
+            self.throttle.finish(accepted=True)
+
+    def on_abandoned(self) -> None:
+        """The attempt was cancelled (or failed outside gRPC): nothing to learn from it."""
+        if self.throttle is not None:
+            self.throttle.finish(accepted=None)
 
     def transient(self, error: BaseException, mapped: RerankerError) -> bool:
         return isinstance(mapped, ServerUnavailableError) or (
@@ -170,7 +238,12 @@ class RetryState:
     def on_error(self, error: BaseException) -> tuple[RerankerError, float | None]:
         """The mapped error, and the delay before retrying (``None``: raise the error now)."""
         mapped = translate(error, context=self.what)
-        if not self.transient(error, mapped):
+        transient = self.transient(error, mapped)
+        if self.throttle is not None:
+            overloaded = is_shed(error) or isinstance(mapped, DeadlineExceededError)
+            # Not transient: the server answered, if only to reject the input.
+            self.throttle.finish(accepted=False if overloaded else None if transient else True)
+        if not transient:
             return mapped, None
         delay = self.policy.backoff_s(self.attempts, self.rng)
         why = ""
@@ -229,6 +302,7 @@ class ClientCore:
         self.extra_channel_args = channel_args
         self.rng = random.Random()
         self.retry_budget = RetryBudgetState(retries.budget) if retries.budget is not None else None
+        self.throttle = ThrottleState(retries.throttle, self.rng) if retries.throttle is not None else None
         self.outputs = [grpcclient.InferRequestedOutput(SCORES)]
 
     def connection_kwargs(self) -> dict[str, Any]:
@@ -276,7 +350,7 @@ class ClientCore:
         """``retry=False``: one attempt, nothing taken from the budget (health checks)."""
         if not retry:
             return RetryState(RetryPolicy.disabled(), deadline, what, self.rng)
-        return RetryState(self.retries, deadline, what, self.rng, self.retry_budget)
+        return RetryState(self.retries, deadline, what, self.rng, self.retry_budget, self.throttle)
 
     def describe(self, what: str) -> str:
         return f"{what} {self.model!r} at {self.url}"

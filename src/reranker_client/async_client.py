@@ -170,12 +170,18 @@ class AsyncRerankerClient:
         while True:
             attempt_timeout = state.attempt_timeout()
             try:
-                return await call(attempt_timeout)
+                result = await call(attempt_timeout)
             except RPC_ERRORS as exc:
                 error, delay = state.on_error(exc)
                 if delay is None:
                     raise error from exc
                 await asyncio.sleep(delay)
+            except BaseException:
+                state.on_abandoned()  # cancelled mid-attempt: no outcome to learn from
+                raise
+            else:
+                state.on_success()
+                return result
 
     # -- server limits and health ------------------------------------------------------------
 

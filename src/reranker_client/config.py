@@ -101,9 +101,40 @@ class RetryBudget:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdaptiveThrottle:
+    """Client-side throttling (the Google SRE book's "adaptive throttling"): while the server
+    refuses most of what this client sends, the client refuses some requests itself, at once,
+    instead of sending them to be refused. On a CPU server a refusal is not free: the request is
+    received and tokenized before the model step's queue turns it away, and that CPU is taken
+    from the requests being served.
+
+    Over the last ``window_s`` seconds, with ``requests`` attempts and ``accepts`` of them not
+    refused for overload (a shed or a deadline miss), the next attempt is refused locally with
+    probability ``max(0, (requests - multiplier * accepts) / (requests + 1))``. Nothing is refused
+    while the server accepts more than ``1 / multiplier`` of the attempts; beyond that the client
+    sends about ``multiplier`` times what the server accepts. Attempts that failed for other
+    reasons (no server, a dead stub) count neither way, so a restart does not leave the client
+    throttling a recovered server.
+    """
+
+    multiplier: float = 2.0
+    window_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+        if self.window_s <= 0:
+            raise ValueError(f"window_s must be positive, got {self.window_s}")
+
+    def refusal_probability(self, requests: int, accepts: int) -> float:
+        """The chance that the next attempt is refused locally, given the current window."""
+        return max(0.0, (requests - self.multiplier * accepts) / (requests + 1))
+
+
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Retries of transient failures: exponential backoff with jitter, bounded by the call's
-    deadline and by the client's retry budget.
+    deadline and by the client's retry budget; and the client's throttling of an overloaded server.
 
     Transient: UNAVAILABLE (no server, or a server that shed the request) and, with
     ``retry_stub_failures``, INTERNAL from a python step whose stub process died (another replica,
@@ -122,6 +153,8 @@ class RetryPolicy:
     jitter: float = 0.2
     budget: RetryBudget | None = field(default_factory=RetryBudget)
     """Per-client cap on retries; ``None``: only the deadline and ``max_attempts`` bound them."""
+    throttle: AdaptiveThrottle | None = field(default_factory=AdaptiveThrottle)
+    """Per-client refusal of attempts the server would shed; ``None``: every attempt is sent."""
     retry_stub_failures: bool = True
 
     def __post_init__(self) -> None:
@@ -136,7 +169,7 @@ class RetryPolicy:
 
     @classmethod
     def disabled(cls) -> RetryPolicy:
-        return cls(max_attempts=1, budget=None)
+        return cls(max_attempts=1, budget=None, throttle=None)
 
     def backoff_s(self, retry: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""

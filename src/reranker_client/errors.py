@@ -8,7 +8,9 @@
     │                             Also raised before sending for text that is not valid Unicode
     ├── ServerUnavailableError    UNAVAILABLE after the retries the deadline and retry budget allowed
     │   └── OverloadedError       the server shed the request (its queue was full, or the request
-    │                             waited in it past its deadline): back off, or add capacity
+    │                             waited in it past its deadline): back off, or add capacity.
+    │                             Also raised at once, unsent (``code`` None), while the server
+    │                             sheds most of this client's requests (``RetryPolicy.throttle``)
     ├── DeadlineExceededError     DEADLINE_EXCEEDED: the call's deadline passed before an answer
     ├── ModelNotReadyError        NOT_FOUND: the server is up but the model is not loaded (or unknown)
     └── ServerError               fallback: any other status (INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, ...)
@@ -47,7 +49,9 @@ class ServerUnavailableError(RerankerError):
 
 class OverloadedError(ServerUnavailableError):
     """The server refused the request to protect its latency (Triton's queue policy): the queue
-    was full, or the request waited in it longer than its timeout. Retries did not get it through."""
+    was full, or the request waited in it longer than its timeout. Retries did not get it through.
+    Or the client refused it without sending it (``code`` is ``None``), because the server had
+    been refusing most of this client's requests (``AdaptiveThrottle``)."""
 
 
 class DeadlineExceededError(RerankerError):

@@ -193,12 +193,18 @@ class RerankerClient:
         while True:
             attempt_timeout = state.attempt_timeout()
             try:
-                return call(attempt_timeout)
+                result = call(attempt_timeout)
             except RPC_ERRORS as exc:
                 error, delay = state.on_error(exc)
                 if delay is None:
                     raise error from exc
                 time.sleep(delay)
+            except BaseException:
+                state.on_abandoned()  # cancelled mid-attempt: no outcome to learn from
+                raise
+            else:
+                state.on_success()
+                return result
 
     # -- server limits and health ------------------------------------------------------------
 
