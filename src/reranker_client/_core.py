@@ -108,13 +108,17 @@ class EventWindow:
         self.seconds = seconds
         self._times: deque[float] = deque()
 
-    def count(self, now: float) -> int:
+    def _forget(self, now: float) -> None:
         horizon = now - self.seconds
         while self._times and self._times[0] < horizon:
             self._times.popleft()
+
+    def count(self, now: float) -> int:
+        self._forget(now)
         return len(self._times)
 
     def add(self, now: float) -> None:
+        self._forget(now)  # also when nobody counts: a long-lived client must not grow
         self._times.append(now)
 
 
