@@ -118,7 +118,7 @@ class AdaptiveThrottle:
     """
 
     multiplier: float = 2.0
-    window_s: float = 10.0
+    window_s: float = 3.0
 
     def __post_init__(self) -> None:
         if self.multiplier < 1:
