@@ -219,6 +219,18 @@ def test_settings_refuse_what_cannot_run() -> None:
         OverloadSettings(document_passages=0)
 
 
+def test_a_refusal_by_the_client_is_told_from_a_server_shed() -> None:
+    import grpc
+
+    from reranker_bench.overload import error_label
+    from reranker_client import OverloadedError
+
+    local = OverloadedError("infer: ... so the client refused this one without sending it", code=None)
+    shed = OverloadedError("infer: UNAVAILABLE: Exceeds maximum queue size", code=grpc.StatusCode.UNAVAILABLE)
+    assert error_label(local) == "OverloadedError: refused by the client"
+    assert error_label(shed) == "OverloadedError: Exceeds maximum queue size"
+
+
 @pytest.mark.parametrize(
     "args", [["--levels", "0,2"], ["--closed-loop", "32"], ["--deadline-s", "-1"], ["--metrics-url", "http://x"]]
 )
@@ -270,5 +282,6 @@ def test_short_run_against_a_real_server(triton_server: Any, tmp_path: Path) -> 
     data = json.loads(json_path.read_text())
     assert [level["name"] for level in data["open_loop"]] == ["0.5x", "2x"]
     assert data["closed_loop"][0]["callers"] == 4
+    assert data["settings"]["client_throttle"] == {"multiplier": 2.0, "window_s": 3.0}  # what ran
     assert {t["level"] for t in data["targets"]} == {"0.5x", "2x"}
     assert "| 0.5x |" in md_path.read_text() and any("capacity:" in line for line in progress)

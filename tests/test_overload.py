@@ -10,6 +10,7 @@ are on outcomes and counters (Triton's statistics, the steps' own metrics), neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -31,6 +32,7 @@ from reranker_client import (
     InvalidInputError,
     OverloadedError,
     RerankerClient,
+    RerankerError,
     RetryBudget,
     RetryPolicy,
     ServerUnavailableError,
@@ -158,67 +160,131 @@ def test_the_throttle_refuses_nothing_while_the_server_accepts_enough() -> None:
 
 
 def test_only_sheds_and_deadline_misses_count_against_the_server() -> None:
-    """Sheds and deadline misses make the client refuse attempts itself; a refused connection or
-    a dead stub does not (a restarting server is not an overloaded one), and an answer, even a
-    rejection of the input, counts as accepted."""
+    """Sheds and deadline misses make the client refuse calls itself; a refused connection or a
+    dead stub does not (a restarting server is not an overloaded one), whether or not stub
+    failures are retried, and an answer, even a rejection of the input, counts as accepted."""
     import random
 
-    policy = RetryPolicy(max_attempts=1, budget=None, throttle=AdaptiveThrottle(window_s=600))
     shed = InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE")
     late = InferenceServerException("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED")
     down = InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
     stub = InferenceServerException("Stub process 'reranker_model_0_0' is not healthy.", "StatusCode.INTERNAL")
     invalid = InferenceServerException("too many documents", "StatusCode.INVALID_ARGUMENT")
 
-    def refused_after(errors: list[InferenceServerException], *, answers: int = 0) -> int:
-        state = ThrottleState(policy.throttle, random.Random(0))  # type: ignore[arg-type]
-        assert state.admit() is None  # one long call stays in flight throughout
+    def refused_after(errors: list[InferenceServerException], *, answers: int = 0, stub_retries: bool = True) -> int:
+        throttle = AdaptiveThrottle(window_s=600)
+        policy = RetryPolicy(max_attempts=1, budget=None, throttle=throttle, retry_stub_failures=stub_retries)
+        state = ThrottleState(throttle, random.Random(0))
+        state.start()  # one long call stays in flight throughout
         for outcome in [None] * answers + errors:
             attempt = RetryState(policy, Deadline(30), "infer", random.Random(0), throttle=state)
-            try:
-                attempt.attempt_timeout()
-            except OverloadedError:
-                continue  # refused here: counts as an attempt, and nothing was sent
+            attempt.attempt_timeout()
             if outcome is None:
                 attempt.on_success()
             else:
                 attempt.on_error(outcome)
-        refused = 0
-        for _ in range(100):
-            try:
-                RetryState(policy, Deadline(30), "infer", random.Random(0), throttle=state).attempt_timeout()
-            except OverloadedError as exc:
-                assert "refused this one without sending it" in str(exc) and "RetryPolicy.throttle" in str(exc)
-                refused += 1
-        return refused
+        assert state.in_flight == 1
+        return sum(state.admit() is not None for _ in range(100))
 
     assert refused_after([down, stub] * 50) == 0
     assert refused_after([invalid] * 100) == 0
     assert refused_after([shed] * 50, answers=100) == 0  # two in three accepted
-    assert refused_after([shed, late] * 50) > 90  # nothing accepted: almost every attempt refused
+    assert refused_after([shed] * 100) > 90  # nothing accepted: almost every call refused
+    assert refused_after([late] * 100) > 90
+    # Failures that count neither way do not dilute the sheds.
+    assert refused_after([down, stub] * 35 + [shed] * 30) > 90
+    assert refused_after([stub] * 70 + [shed] * 30, stub_retries=False) > 90
     assert 10 < refused_after([shed] * 75, answers=25) < 90  # a quarter accepted: about half refused
 
 
 def test_the_throttle_forgets_after_its_window_and_spares_an_idle_client() -> None:
     import random
-    import time
 
-    throttle = AdaptiveThrottle(window_s=0.2)
-    state = ThrottleState(throttle, random.Random(0))
+    now = [0.0]
+    state = ThrottleState(AdaptiveThrottle(window_s=3), random.Random(0), clock=lambda: now[0])
     for _ in range(100):
         assert state.admit() is None  # nothing else in flight: sent, whatever the window holds
+        state.start()
         state.finish(accepted=False)
-    assert state.admit() is None  # one call in flight from here on
-    assert sum(state.admit() is not None for _ in range(20)) > 15
-    time.sleep(0.3)
-    admitted = [state.admit() for _ in range(20)]
-    assert admitted == [None] * 20
-    for _ in admitted:
+    state.start()  # one call in flight from here on
+    reasons = [state.admit() for _ in range(20)]
+    assert sum(reason is not None for reason in reasons) > 15
+    refusal = next(reason for reason in reasons if reason is not None)
+    assert "accepted 0 of this client's last 100 attempts (0 of them refused by the client itself)" in refusal
+    assert "without sending it (RetryPolicy.throttle)" in refusal
+    now[0] += 3.5  # past the window: forgotten
+    assert [state.admit() for _ in range(20)] == [None] * 20
+    for _ in range(20):
+        state.start()
         state.finish(accepted=None)  # cancelled: not counted either way
-    assert sum(state.admit() is not None for _ in range(20)) == 0
+    assert all(state.admit() is None for _ in range(20))
 
 
-# -- against the overloaded server ------------------------------------------------------------------
+class _Call:
+    """Stands in for one gRPC call: answers, sheds, rejects the input, fails outside gRPC, or
+    hangs (to be cancelled)."""
+
+    def __init__(self, outcomes: list[str]) -> None:
+        self.outcomes = list(outcomes)
+
+    def error(self) -> BaseException | None:
+        outcome = self.outcomes.pop(0)
+        return {
+            "ok": None,
+            "shed": InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE"),
+            "invalid": InferenceServerException("too many documents", "StatusCode.INVALID_ARGUMENT"),
+            "bug": ValueError("not a gRPC failure"),
+        }[outcome]
+
+
+@pytest.mark.parametrize(
+    "outcomes",
+    [["ok"], ["shed", "ok"], ["shed", "shed", "shed"], ["invalid"], ["bug"], ["hang"]],
+    ids=["answered", "retried", "retries-exhausted", "rejected", "non-grpc-error", "cancelled"],
+)
+def test_every_attempt_leaves_the_throttles_in_flight_count(outcomes: list[str]) -> None:
+    """Whatever ends an attempt (an answer, a shed retried or raised, a rejected input, an error
+    outside gRPC, the caller's cancellation), the client's in-flight count comes back to zero in
+    both clients, so the "nothing in flight always sends" rule keeps working."""
+    policy = RetryPolicy(max_attempts=3, initial_backoff_s=0.001, max_backoff_s=0.001, budget=None)
+    sync_client = RerankerClient("127.0.0.1:1", retries=policy)
+
+    def sync_call(_: float) -> str:
+        if outcomes == ["hang"]:
+            raise KeyboardInterrupt  # what interrupts a blocking call in the sync client
+        error = calls.error()
+        if error is not None:
+            raise error
+        return "answer"
+
+    async def async_call(_: float) -> str:
+        if outcomes == ["hang"]:
+            await asyncio.sleep(3600)
+        error = calls.error()
+        if error is not None:
+            raise error
+        return "answer"
+
+    calls = _Call(outcomes)
+    with contextlib.suppress(RerankerError, ValueError, KeyboardInterrupt):
+        sync_client._retrying(sync_call, Deadline(30), "infer")
+    assert sync_client._core.throttle is not None and sync_client._core.throttle.in_flight == 0
+    sync_client.close()
+
+    async def run() -> int:
+        async with AsyncRerankerClient("127.0.0.1:1", retries=policy) as client:
+            task = asyncio.ensure_future(client._retrying(async_call, Deadline(30), "infer"))
+            if outcomes == ["hang"]:
+                await asyncio.sleep(0.01)
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert client._core.throttle is not None
+            return client._core.throttle.in_flight
+
+    calls = _Call(outcomes)
+    assert asyncio.run(run()) == 0
+
+
 # -- against the overloaded server ------------------------------------------------------------------
 
 

@@ -29,13 +29,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from reranker_client import (
+    AdaptiveThrottle,
     AsyncRerankerClient,
     DeadlineExceededError,
     RerankerError,
@@ -196,10 +197,13 @@ def cpu_serving_settings(documents: int) -> ServingSettings:
 
 def error_label(error: RerankerError) -> str:
     """The exception's class, with its gRPC code where the class does not say it (``ServerError CANCELLED``)
-    and Triton's words for a shed (``OverloadedError: Exceeds maximum queue size``)."""
+    and Triton's words for a shed (``OverloadedError: Exceeds maximum queue size``), or the
+    client's own refusal (``OverloadedError: refused by the client``)."""
     name = type(error).__name__
     if isinstance(error, ServerError) and error.code is not None:
         return f"{name} {error.code.name}"
+    if isinstance(error, ServerUnavailableError) and error.code is None:  # the client's throttle
+        return f"{name}: refused by the client"
     why = next((message for message in SHED_MESSAGES if message in str(error)), None)
     return f"{name}: {why}" if why else name
 
@@ -640,7 +644,7 @@ def run_overload_benchmark(settings: OverloadSettings, *, command: str, progress
             "probe_timeout_s": settings.probe_timeout_s,
             "drain_timeout_s": settings.drain_timeout_s,
             "seed": settings.seed,
-            "client_throttle": settings.client_throttle,
+            "client_throttle": asdict(AdaptiveThrottle()) if settings.client_throttle else None,
             "server": described,
         },
         machine=machine_info(),

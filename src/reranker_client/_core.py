@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,46 +146,75 @@ class RetryBudgetState:
 
 
 class ThrottleState:
-    """One client's attempts in flight, and its attempts and the server's accepts over the
-    throttle's window (thread-safe)."""
+    """One client's attempts in flight, and its attempts, the server's accepts and its own
+    refusals over the throttle's window (thread-safe).
 
-    def __init__(self, throttle: AdaptiveThrottle, rng: random.Random) -> None:
+    A call is admitted or refused once, before anything is sent (``admit``); every attempt it
+    then makes, split parts and retries included, is tracked (``start``/``finish``) and feeds
+    the counts, but is never refused half-way.
+    """
+
+    def __init__(
+        self, throttle: AdaptiveThrottle, rng: random.Random, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.throttle = throttle
         self.rng = rng
+        self.clock = clock
         self._requests = EventWindow(throttle.window_s)
         self._accepts = EventWindow(throttle.window_s)
+        self._refused = EventWindow(throttle.window_s)
         self._in_flight = 0
         self._lock = threading.Lock()
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def admit(self) -> str | None:
-        """``None`` to send the next attempt (it is then in flight until ``finish``), or why it is
-        refused here (it then counts as an attempt, never sent)."""
+        """``None`` to send the call, or why the client refuses it (it then counts as an
+        attempt that was refused, and nothing is sent)."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             requests, accepts = self._requests.count(now), self._accepts.count(now)
             # A client with nothing in flight cannot be adding to a backlog: its first request
             # after a burst goes out, whatever the burst left in the window.
             if self._in_flight == 0 or self.rng.random() >= self.throttle.refusal_probability(requests, accepts):
-                self._in_flight += 1
                 return None
+            refused_here = self._refused.count(now)
             self._requests.add(now)
+            self._refused.add(now)
         return (
             f"the server accepted {accepts} of this client's last {requests} attempts "
-            f"({self.throttle.window_s:g} s), so the client refused this one without sending it "
-            "(RetryPolicy.throttle)"
+            f"({refused_here} of them refused by the client itself) in {self.throttle.window_s:g} s, "
+            "so the client refused this one without sending it (RetryPolicy.throttle)"
         )
 
+    def start(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
     def finish(self, *, accepted: bool | None) -> None:
-        """An admitted attempt ended: ``accepted`` by the server, refused for overload (``False``),
+        """A started attempt ended: ``accepted`` by the server, refused for overload (``False``),
         or neither (no server, a dead stub, cancelled by the caller: ``None``, not counted)."""
         with self._lock:
             self._in_flight -= 1
             if accepted is None:
                 return
-            now = time.monotonic()
+            now = self.clock()
             self._requests.add(now)
             if accepted:
                 self._accepts.add(now)
+
+
+def _accepted(error: BaseException, mapped: RerankerError) -> bool | None:
+    """What a failed attempt tells the throttle: the server refused it for overload (``False``),
+    the server answered, if only to reject the input (``True``), or nothing (``None``: nobody
+    answered, or a stub died; a restart is not an overload)."""
+    if is_shed(error) or isinstance(mapped, DeadlineExceededError):
+        return False
+    if isinstance(mapped, ServerUnavailableError) or is_stub_failure(error):
+        return None
+    return True
 
 
 class RetryState:
@@ -209,19 +238,21 @@ class RetryState:
         self.attempts = 0
 
     def attempt_timeout(self) -> float:
-        """Seconds the next attempt may take; raises when the deadline has already passed."""
+        """Seconds the next attempt may take; raises when the deadline has already passed.
+
+        From here the attempt is under way: the caller ends it with exactly one of
+        ``on_success``, ``on_error`` or ``on_abandoned``.
+        """
         remaining = self.deadline.remaining()
         if remaining <= 0:
             raise DeadlineExceededError(
                 f"{self.what}: deadline of {self.deadline.timeout_s:g} s passed before the request was sent",
                 code=grpc.StatusCode.DEADLINE_EXCEEDED,
             )
-        refused = self.throttle.admit() if self.throttle is not None else None
-        if refused is not None:
-            after = f" (after {self.attempts} attempt(s))" if self.attempts else ""
-            raise OverloadedError(f"{self.what}: {refused}{after}", code=None)  # found on the client side
         if self.attempts == 0 and self.budget is not None:
             self.budget.record_request()
+        if self.throttle is not None:
+            self.throttle.start()
         self.attempts += 1
         return remaining
 
@@ -242,12 +273,9 @@ class RetryState:
     def on_error(self, error: BaseException) -> tuple[RerankerError, float | None]:
         """The mapped error, and the delay before retrying (``None``: raise the error now)."""
         mapped = translate(error, context=self.what)
-        transient = self.transient(error, mapped)
         if self.throttle is not None:
-            overloaded = is_shed(error) or isinstance(mapped, DeadlineExceededError)
-            # Not transient: the server answered, if only to reject the input.
-            self.throttle.finish(accepted=False if overloaded else None if transient else True)
-        if not transient:
+            self.throttle.finish(accepted=_accepted(error, mapped))
+        if not self.transient(error, mapped):
             return mapped, None
         delay = self.policy.backoff_s(self.attempts, self.rng)
         why = ""
@@ -349,6 +377,13 @@ class ClientCore:
             "headers": self.headers,
             "compression_algorithm": self.compression.algorithm,
         }
+
+    def admit(self, what: str) -> None:
+        """Raise ``OverloadedError`` (found on the client side: ``code`` None) when the throttle
+        refuses this call; once per call, before it is split or sent."""
+        refused = self.throttle.admit() if self.throttle is not None else None
+        if refused is not None:
+            raise OverloadedError(f"{what}: {refused}", code=None)
 
     def retry_state(self, deadline: Deadline, what: str, *, retry: bool = True) -> RetryState:
         """``retry=False``: one attempt, nothing taken from the budget (health checks)."""

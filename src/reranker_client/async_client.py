@@ -135,6 +135,7 @@ class AsyncRerankerClient:
         if not texts:
             return np.empty(0, dtype=np.float32)
         encoded_query, encoded = _core.encode(query, texts)
+        self._core.admit(self._core.describe("infer"))  # once per call: its parts all go, or none
         parts = chunk_slices(len(texts), await self._max_documents(deadline))
         requests = [_core.build_inputs(encoded_query, encoded[part]) for part in parts]
         if len(requests) == 1:

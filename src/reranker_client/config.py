@@ -108,13 +108,16 @@ class AdaptiveThrottle:
     received and tokenized before the model step's queue turns it away, and that CPU is taken
     from the requests being served.
 
-    Over the last ``window_s`` seconds, with ``requests`` attempts and ``accepts`` of them not
-    refused for overload (a shed or a deadline miss), the next attempt is refused locally with
-    probability ``max(0, (requests - multiplier * accepts) / (requests + 1))``. Nothing is refused
-    while the server accepts more than ``1 / multiplier`` of the attempts; beyond that the client
-    sends about ``multiplier`` times what the server accepts. Attempts that failed for other
-    reasons (no server, a dead stub) count neither way, so a restart does not leave the client
-    throttling a recovered server.
+    Over the last ``window_s`` seconds, with ``requests`` attempts (those the client refused
+    itself included) and ``accepts`` of them not refused for overload (a shed or a deadline
+    miss), the next call is refused locally with probability
+    ``max(0, (requests - multiplier * accepts) / (requests + 1))``. Nothing is refused while the
+    server accepts at least ``1 / multiplier`` of the attempts; beyond that the client sends
+    about ``multiplier`` times what the server accepts. Attempts that failed for other reasons
+    (no server, a dead stub) count neither way, so a restart does not leave the client
+    throttling a recovered server. A call is decided once, before it is split or sent (its
+    retries are bounded by the retry budget instead), and a client with nothing in flight
+    always sends. One state per client object, shared by its calls (thread-safe).
     """
 
     multiplier: float = 2.0

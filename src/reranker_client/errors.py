@@ -17,8 +17,9 @@
                                   or a malformed response
 
 Retried before raising (``RetryPolicy``), within the deadline and the retry budget: UNAVAILABLE
-(both kinds above) and INTERNAL from a python step whose stub process died. Never retried:
-INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND and any other INTERNAL.
+(both kinds above, but not the client's own refusals) and INTERNAL from a python step whose stub
+process died. Never retried: INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND and any other
+INTERNAL.
 
 Every instance carries ``code`` (the ``grpc.StatusCode``, or ``None`` for failures found on the
 client side) and chains the original exception (``__cause__``). Non-string documents or queries
